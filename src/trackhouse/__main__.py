@@ -1,0 +1,3 @@
+from trackhouse.cli import main
+
+main()

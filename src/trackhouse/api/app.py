@@ -1,0 +1,81 @@
+"""The ASGI application: the route table and the JSON:API error handling around it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from trackhouse.api import bulk, events, legacy
+from trackhouse.api.errors import JSONAPI, APIError
+from trackhouse.api.ratelimit import RateLimiter
+from trackhouse.log import EventLog
+from trackhouse.store.accounts import AccountStore
+
+logger = logging.getLogger("trackhouse.api")
+
+
+def _both(path: str, endpoint: Callable, methods: list[str]) -> list[Route]:
+    """Klaviyo serves every path with and without a trailing slash (older revisions use it)."""
+    return [Route(path, endpoint, methods=methods), Route(path + "/", endpoint, methods=methods)]
+
+
+ROUTES: list[Route] = [
+    *_both("/api/events", events.create_event, ["POST"]),
+    *_both("/client/events", events.create_client_event, ["POST"]),
+    *_both("/api/event-bulk-create-jobs", bulk.create_bulk_job, ["POST"]),
+    *_both("/api/event-bulk-create-jobs/{job_id}", bulk.get_bulk_job, ["GET"]),
+    *_both("/client/event-bulk-create", bulk.create_client_bulk, ["POST"]),
+    *_both("/api/track", legacy.track, ["GET", "POST"]),
+    *_both("/api/identify", legacy.identify, ["GET", "POST"]),
+]
+
+
+def error_response(error: APIError) -> Response:
+    return Response(error.body(), error.status, error.headers, media_type=JSONAPI)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = APIError(
+            405, "method_not_allowed", f'Method "{request.method}" not allowed.', pointer="/data"
+        )
+        error.headers = dict(exc.headers or {})
+    elif exc.status_code == 404:
+        error = APIError(404, "not_found", f"No endpoint at {request.url.path[:200]}.")
+    else:
+        error = APIError(exc.status_code, "error", str(exc.detail))
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Reaching this is a bug: bad input must be a 4xx. Log it (without the body) and answer in
+    # the documented error shape rather than as plain text.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(APIError(500, "error", "An unexpected error occurred."))
+
+
+def build_app(log: EventLog, accounts: AccountStore, limiter: RateLimiter | None) -> Starlette:
+    app = Starlette(
+        routes=ROUTES,
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.log = log
+    app.state.accounts = accounts
+    app.state.limiter = limiter  # None: rate limits off
+    return app

@@ -1,0 +1,155 @@
+"""Bulk create: POST /api/event-bulk-create-jobs, GET /api/event-bulk-create-jobs/{id}, and
+POST /client/event-bulk-create.
+
+A bulk request becomes one log submission per profile group, committed together with its job
+record in one transaction: the 202 means every event of the request is in the log.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+from ulid import ULID
+
+from trackhouse.api import limits, translate
+from trackhouse.api.accept import (
+    Caller,
+    absolute_url,
+    append,
+    event_log,
+    identify_caller,
+    jsonapi_response,
+)
+from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
+from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.revision import (
+    BULK_CREATE_JOBS_SINCE,
+    CLIENT_BULK_CREATE_SINCE,
+    require_since,
+)
+from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
+from trackhouse.log import BulkJob
+from trackhouse.model import Event, ProfileChange, Submission
+
+MAX_BODY = 5 * MB
+MAX_EVENTS = 1000
+JOB_TYPE = "event-bulk-create-job"
+
+
+def parse_groups(
+    groups: list[BulkGroup],
+    wheres: list[str],
+    list_at: str,
+    caller: Caller,
+    now: int,
+    *,
+    from_client: bool,
+) -> list[tuple[ProfileChange, list[Event]]]:
+    """The groups, each with the JSON pointer of where it stands in the request."""
+    count = sum(len(g.attributes.events.data) for g in groups)
+    if count > MAX_EVENTS:
+        raise limits.too_many_events(count, list_at)
+    parsed = [
+        translate.bulk_group(g, where, caller.rules, now, from_client=from_client)
+        for g, where in zip(groups, wheres, strict=True)
+    ]
+    if caller.rules.bulk_repeated_unique_id_fails:
+        translate.check_repeated_unique_ids(parsed, wheres)
+    return parsed
+
+
+def submissions(
+    parsed: list[tuple[ProfileChange, list[Event]]],
+    caller: Caller,
+    received_at: float,
+    source: str,
+    job_id: str | None,
+) -> list[Submission]:
+    return [
+        Submission(
+            account_id=caller.account_id,
+            received_at=received_at,
+            source=source,
+            revision=caller.rules.revision,
+            profile=profile,
+            events=events,
+            metric_cap=caller.rules.metric_cap,
+            job_id=job_id,
+        )
+        for profile, events in parsed
+    ]
+
+
+def job_document(request: Request, job: BulkJob) -> dict:
+    url = absolute_url(request, f"/api/event-bulk-create-jobs/{job.id}")
+    return {
+        "data": {
+            "type": JOB_TYPE,
+            "id": job.id,
+            "attributes": {
+                # Processing fills in completion and per-outcome counts; until then a job is
+                # queued with every event durably in the log.
+                "status": "queued",
+                "created_at": job.created_at,
+                "total_count": job.event_count,
+                "completed_count": 0,
+                "failed_count": 0,
+            },
+            "links": {"self": url},
+        },
+        "links": {"self": url},
+    }
+
+
+async def create_bulk_job(request: Request) -> Response:
+    caller = identify_caller(request, scope="events:write", endpoint_class="bulk")
+    require_since(caller.day, BULK_CREATE_JOBS_SINCE)
+    require_json_content_type(request)
+    received_at = time.time()
+    body = await read_body(request, MAX_BODY)
+    groups = decode_json(body, BulkJobCreate).data.attributes.events_bulk_create.data
+    groups_at = "/data/attributes/events-bulk-create/data"
+    if not groups:
+        raise invalid("A bulk request needs at least one profile group.", groups_at)
+    wheres = [f"{groups_at}/{i}" for i in range(len(groups))]
+    parsed = parse_groups(groups, wheres, groups_at, caller, int(received_at), from_client=False)
+    job = BulkJob(
+        id=str(ULID()),
+        account_id=caller.account_id,
+        created_at=datetime.fromtimestamp(received_at, UTC).isoformat(timespec="seconds"),
+        event_count=sum(len(events) for _, events in parsed),
+        submission_count=len(parsed),
+    )
+    await append(request, submissions(parsed, caller, received_at, "api", job.id), job)
+    return jsonapi_response(202, job_document(request, job), caller.headers)
+
+
+async def get_bulk_job(request: Request) -> Response:
+    caller = identify_caller(request, scope="events:read", endpoint_class="job")
+    job_id = request.path_params["job_id"]
+    job = event_log(request).get_job(caller.account_id, job_id)
+    if job is None:
+        raise APIError(404, "not_found", f"A bulk create job with id {job_id[:64]} does not exist.")
+    return jsonapi_response(200, job_document(request, job), caller.headers)
+
+
+async def create_client_bulk(request: Request) -> Response:
+    caller = identify_caller(request, scope=None, endpoint_class="bulk", public=True)
+    require_since(caller.day, CLIENT_BULK_CREATE_SINCE)
+    require_json_content_type(request)
+    received_at = time.time()
+    body = await read_body(request, MAX_BODY)
+    group = decode_json(body, ClientBulkCreate).data
+    parsed = parse_groups(
+        [group],
+        ["/data"],
+        "/data/attributes/events/data",
+        caller,
+        int(received_at),
+        from_client=True,
+    )
+    await append(request, submissions(parsed, caller, received_at, "client", None))
+    return jsonapi_response(202, headers=caller.headers)

@@ -1,0 +1,164 @@
+"""Klaviyo's documented data limits (reference § 2.11), each failing with a pointed 400.
+
+Every revision: strings ≤ 100 KB, arrays ≤ 4,000 items, ≤ 10 nested object levels, integers
+64-bit, metric names < 128 characters, `unique_id` 1–255 characters, valid emails (< 100
+characters) and E.164 phone numbers. The property-count and time-window limits depend on the
+revision and arrive as arguments.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import email_validator
+import phonenumbers
+
+from trackhouse.api.errors import APIError, invalid, pointer
+
+MAX_STRING_BYTES = 100 * 1024
+MAX_ARRAY_ITEMS = 4000
+MAX_OBJECT_LEVELS = 10
+# Arrays do not count as levels for Klaviyo; this bounds arrays-of-arrays so that walking a
+# payload can never run out of stack.
+MAX_ANY_NESTING = 32
+MAX_METRIC_NAME = 127
+MAX_UNIQUE_ID = 255
+MAX_EMAIL = 99
+MAX_PROFILE_BYTES = 95 * 1024
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def check_string(value: str, where: str) -> None:
+    # len(str) is a lower bound of its UTF-8 size and 4*len an upper bound: encode only when
+    # the answer is in doubt.
+    if len(value) * 4 > MAX_STRING_BYTES and len(value.encode()) > MAX_STRING_BYTES:
+        raise invalid("A single string cannot be larger than 100 KB.", where)
+
+
+def check_json(value: Any, where: str) -> None:
+    """Strings, arrays, integers and nesting of a free-form JSON object (properties)."""
+    _walk(value, where, 0, 0)
+
+
+def _walk(value: Any, where: str, object_levels: int, nesting: int) -> None:
+    kind = type(value)
+    if kind is str:
+        check_string(value, where)
+    elif kind is dict:
+        object_levels += 1
+        if object_levels > MAX_OBJECT_LEVELS:
+            raise invalid("Properties cannot contain more than 10 nested levels.", where)
+        if nesting >= MAX_ANY_NESTING:
+            raise invalid("Properties are nested too deeply.", where)
+        for key, item in value.items():
+            check_string(key, where)
+            _walk(item, f"{where}/{_escape(key)}", object_levels, nesting + 1)
+    elif kind is list:
+        if len(value) > MAX_ARRAY_ITEMS:
+            raise invalid("An array cannot have more than 4000 elements.", where)
+        if nesting >= MAX_ANY_NESTING:
+            raise invalid("Properties are nested too deeply.", where)
+        for i, item in enumerate(value):
+            _walk(item, f"{where}/{i}", object_levels, nesting + 1)
+    elif kind is int and not INT64[0] <= value <= INT64[1]:
+        raise invalid("Integers must fit in 64 bits (signed).", where)
+
+
+def _escape(key: str) -> str:
+    return pointer(key)[1:]
+
+
+def check_event_properties(properties: dict[str, Any], where: str, max_count: int) -> None:
+    if len(properties) > max_count:
+        raise invalid(f"An event cannot have more than {max_count} properties.", where)
+    check_json(properties, where)
+
+
+def check_metric_name(name: str, where: str) -> str:
+    if not name.strip():
+        raise invalid("The metric name cannot be blank.", where)
+    if len(name) > MAX_METRIC_NAME:
+        raise invalid("The metric name must be less than 128 characters.", where)
+    return name
+
+
+def check_unique_id(unique_id: str | None, where: str) -> str | None:
+    if unique_id is None:
+        return None
+    if not 1 <= len(unique_id) <= MAX_UNIQUE_ID:
+        raise invalid("unique_id must be 1 to 255 characters long.", where)
+    return unique_id
+
+
+def check_currency(code: str | None, where: str) -> str | None:
+    if code is None:
+        return None
+    if len(code) != 3 or not code.isascii() or not code.isalpha():
+        raise invalid("value_currency must be an ISO 4217 currency code such as USD.", where)
+    return code.upper()
+
+
+def parse_event_time(value: str | None, default: int, min_year: int, where: str) -> int:
+    """Unix seconds (truncated) of an ISO 8601 time; after `min_year`, at most a year ahead."""
+    if value is None:
+        return default
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"'{value[:64]}' is not a valid ISO 8601 date-time.", where) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return check_event_time(moment, min_year, where)
+
+
+def check_event_time(moment: datetime, min_year: int, where: str) -> int:
+    if moment < datetime(min_year, 1, 1, tzinfo=UTC):
+        raise invalid(f"The event time must be after the year {min_year}.", where)
+    if moment > datetime.now(UTC) + timedelta(days=365):
+        raise invalid("The event time can only be up to 1 year in the future.", where)
+    return int(moment.timestamp())
+
+
+@lru_cache(maxsize=65536)
+def _email_ok(email: str) -> str | None:
+    try:
+        email_validator.validate_email(email, check_deliverability=False)
+    except email_validator.EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
+def check_email(email: str, where: str) -> str:
+    email = email.strip()
+    if len(email) > MAX_EMAIL:
+        raise invalid("Invalid email address (it must be less than 100 characters).", where)
+    problem = _email_ok(email)
+    if problem:
+        raise invalid(f"Invalid email address: {problem}", where)
+    return email
+
+
+@lru_cache(maxsize=65536)
+def _phone_e164(phone: str) -> str | None:
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_phone(phone: str, where: str) -> str:
+    e164 = _phone_e164(phone.strip()) if phone.strip().startswith("+") else None
+    if e164 is None:
+        raise invalid(
+            "Invalid phone number format (Example of a valid format: +12345678901)", where
+        )
+    return e164
+
+
+def too_many_events(count: int, where: str) -> APIError:
+    return invalid(f"A bulk request can create at most 1000 events; it had {count}.", where)

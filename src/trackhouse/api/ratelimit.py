@@ -1,0 +1,96 @@
+"""Klaviyo's rate limits: fixed burst (1 s) and steady (1 min) windows per account and class.
+
+A throttled request gets 429 `throttled` with an integer `Retry-After`; every other response
+carries `RateLimit-Limit/-Remaining/-Reset` for the steady window (reference § 2.6).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trackhouse.api.errors import APIError
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    burst: int  # per second
+    steady: int  # per minute
+
+
+# Per endpoint class, from x-klaviyo-ratelimit in the OpenAPI files.
+DEFAULT_LIMITS: dict[str, Limit] = {
+    "create": Limit(350, 3500),  # POST /api/events, /client/events, legacy track/identify
+    "bulk": Limit(10, 150),  # POST /api/event-bulk-create-jobs, /client/event-bulk-create
+    "job": Limit(350, 3500),  # GET /api/event-bulk-create-jobs/{id}
+}
+
+_SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")
+
+
+def parse_limits(text: str | None) -> dict[str, Limit] | None:
+    """`TRACKHOUSE_RATE_LIMITS`: "on" (default), "off" (None), or overrides such as
+    "bulk=2/s,5/m;create=100/s,1000/m"."""
+    if text is None or text.strip().lower() in ("", "on", "true", "1"):
+        return dict(DEFAULT_LIMITS)
+    if text.strip().lower() in ("off", "false", "0", "none"):
+        return None
+    limits = dict(DEFAULT_LIMITS)
+    for part in text.split(";"):
+        match = _SPEC.match(part)
+        if not match or match.group(1) not in DEFAULT_LIMITS:
+            raise ValueError(
+                f"bad rate limit {part!r}: expected CLASS=N/s,N/m with CLASS one of "
+                + ", ".join(DEFAULT_LIMITS)
+            )
+        limits[match.group(1)] = Limit(int(match.group(2)), int(match.group(3)))
+    return limits
+
+
+class RateLimiter:
+    def __init__(self, limits: dict[str, Limit], clock: Callable[[], float] = time.time) -> None:
+        self.limits = limits
+        self.clock = clock
+        # (account, class) -> [burst window, burst count, steady window, steady count]
+        self._windows: dict[tuple[str, str], list[int]] = {}
+
+    def hit(self, account_id: str, endpoint_class: str) -> dict[str, str]:
+        """Count one request, or raise 429; returns the headers for the response."""
+        limit = self.limits[endpoint_class]
+        now = self.clock()
+        second, minute = int(now), int(now // 60)
+        w = self._windows.get((account_id, endpoint_class))
+        if w is None:
+            if len(self._windows) > 100_000:  # bound memory: drop every stale window
+                self._windows = {k: v for k, v in self._windows.items() if v[2] == minute}
+            w = self._windows[(account_id, endpoint_class)] = [second, 0, minute, 0]
+        if w[0] != second:
+            w[0], w[1] = second, 0
+        if w[2] != minute:
+            w[2], w[3] = minute, 0
+        minute_reset = (minute + 1) * 60 - now
+        if w[3] >= limit.steady:
+            raise _throttled(minute_reset)
+        if w[1] >= limit.burst:
+            raise _throttled(second + 1 - now)
+        w[1] += 1
+        w[3] += 1
+        return {
+            "RateLimit-Limit": str(limit.steady),
+            "RateLimit-Remaining": str(limit.steady - w[3]),
+            "RateLimit-Reset": str(math.ceil(minute_reset)),
+        }
+
+
+def _throttled(wait: float) -> APIError:
+    seconds = max(1, math.ceil(wait))
+    unit = "second" if seconds == 1 else "seconds"
+    return APIError(
+        429,
+        "throttled",
+        f"Request was throttled. Expected available in {seconds} {unit}.",
+        headers={"Retry-After": str(seconds)},
+    )

@@ -1,0 +1,48 @@
+"""The durable log between the API edge and processing.
+
+An event is acknowledged (202) only after `EventLog.append` has returned, which means the
+submission is committed and fsync'd (design.md, invariant 1). Implementations batch concurrent
+appends into one commit (group commit); they never acknowledge early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from trackhouse.model import Submission
+
+
+class LogUnavailable(Exception):
+    """The log could not commit (disk full, read-only, locked, closed): nothing was written."""
+
+
+class LogOverloaded(Exception):
+    """Too much is waiting to be committed; the caller should retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJob:
+    id: str
+    account_id: str
+    created_at: str  # ISO 8601
+    event_count: int
+    submission_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    seq: int
+    submission: Submission
+
+
+class EventLog(Protocol):
+    async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
+        """Commit the submissions (and the job they belong to) durably, all or nothing."""
+
+    def get_job(self, account_id: str, job_id: str) -> BulkJob | None: ...
+
+    def read(self, after_seq: int, limit: int) -> list[LogEntry]:
+        """Entries with seq > after_seq, in log order."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,162 @@
+"""The embedded log: one SQLite file in WAL mode, written by one thread with group commit.
+
+Requests hand their submissions to `append`, which queues them and waits. A single writer
+thread takes everything queued, writes it in one transaction and commits with
+`synchronous=FULL` (the WAL is fsync'd before COMMIT returns), then wakes every waiter. Under
+load the batches grow by themselves, so one fsync serves many requests; with one request in
+flight it costs one fsync, and nobody is acknowledged before their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from trackhouse.log import BulkJob, LogEntry, LogOverloaded, LogUnavailable
+from trackhouse.model import Submission, decode_submission, encode_submission
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    job_id TEXT,
+    receipt_id TEXT,
+    submission BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    event_count INTEGER NOT NULL,
+    submission_count INTEGER NOT NULL
+);
+"""
+
+# Waiters whose bytes are still uncommitted; past this, new appends are refused (503) rather
+# than letting memory grow without bound.
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Pending:
+    rows: list[tuple[str, str | None, str | None, bytes]]
+    job: BulkJob | None
+    size: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (client went away) meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class SQLiteLog:
+    def __init__(self, path: Path, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
+        self.path = path
+        self.max_pending_bytes = max_pending_bytes
+        self._writer = connect(path)
+        self._writer.executescript(SCHEMA)
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
+        self._queue: deque[_Pending] = deque()
+        self._pending_bytes = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="trackhouse-log", daemon=True)
+        self._thread.start()
+
+    async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
+        rows = [(s.account_id, s.job_id, s.receipt_id, encode_submission(s)) for s in submissions]
+        size = sum(len(r[3]) for r in rows)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(rows, job, size, loop, loop.create_future())
+        with self._cond:
+            if self._closing:
+                raise LogUnavailable("the log is closed")
+            if self._pending_bytes + size > self.max_pending_bytes and self._queue:
+                raise LogOverloaded("too many uncommitted writes")
+            self._pending_bytes += size
+            self._queue.append(pending)
+            self._cond.notify()
+        await pending.future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            error = self._commit(batch)
+            with self._cond:
+                self._pending_bytes -= sum(p.size for p in batch)
+            for p in batch:
+                p.loop.call_soon_threadsafe(_resolve, p.future, error)
+
+    def _commit(self, batch: list[_Pending]) -> BaseException | None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for p in batch:
+                if p.job is not None:
+                    j = p.job
+                    conn.execute(
+                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?)",
+                        (j.id, j.account_id, j.created_at, j.event_count, j.submission_count),
+                    )
+                conn.executemany(
+                    "INSERT INTO entries (account_id, job_id, receipt_id, submission)"
+                    " VALUES (?, ?, ?, ?)",
+                    p.rows,
+                )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return LogUnavailable(f"log commit failed: {exc}")
+        return None
+
+    def get_job(self, account_id: str, job_id: str) -> BulkJob | None:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT id, account_id, created_at, event_count, submission_count FROM jobs"
+                " WHERE id = ? AND account_id = ?",
+                (job_id, account_id),
+            ).fetchone()
+        return BulkJob(*row) if row else None
+
+    def read(self, after_seq: int, limit: int) -> list[LogEntry]:
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT seq, submission FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [LogEntry(seq, decode_submission(blob)) for seq, blob in rows]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self._writer.close()
+        self._reader.close()
