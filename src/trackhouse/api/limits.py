@@ -8,6 +8,7 @@ revision and arrive as arguments.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -151,8 +152,12 @@ def _phone_e164(phone: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# E.164 with optional separators; no letters (phonenumbers would read "+1 800 FLOWERS").
+_PHONE_CHARS = re.compile(r"^\+[0-9 ().-]+$")
+
+
 def check_phone(phone: str, where: str) -> str:
-    e164 = _phone_e164(phone.strip()) if phone.strip().startswith("+") else None
+    e164 = _phone_e164(phone.strip()) if _PHONE_CHARS.match(phone.strip()) else None
     if e164 is None:
         raise invalid(
             "Invalid phone number format (Example of a valid format: +12345678901)", where

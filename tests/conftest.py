@@ -1,0 +1,205 @@
+"""Every test talks to a real `trackhouse serve` process over real HTTP, on real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from trackhouse.model import Submission, decode_submission
+from trackhouse.server import LOG_FILE
+
+PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
+PUBLIC_KEY = "TrkHs1"
+NEWEST = "2026-10-15"  # what klaviyo-api 25 sends
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running `trackhouse serve` subprocess."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trackhouse", "serve", "--data-dir", str(self.data_dir)]
+            + ["--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                httpx.get(self.url + "/", timeout=0.5)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_entries(self) -> list[Submission]:
+        """Everything committed to the log so far, read from its SQLite file, in order."""
+        conn = sqlite3.connect(self.data_dir / LOG_FILE)
+        try:
+            rows = conn.execute("SELECT submission FROM entries ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+        return [decode_submission(blob) for (blob,) in rows]
+
+    def receipt(self, receipt_id: str) -> Submission:
+        """The logged submission of a single create, by its receipt id."""
+        found = [s for s in self.log_entries() if s.receipt_id == receipt_id]
+        assert len(found) == 1, f"{len(found)} log entries for receipt {receipt_id}"
+        return found[0]
+
+    def client(self, **headers: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def make_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TRACKHOUSE_PRIVATE_KEY=PRIVATE_KEY,
+        TRACKHOUSE_PUBLIC_KEY=PUBLIC_KEY,
+        TRACKHOUSE_RATE_LIMITS="off",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Start servers with custom settings; all are stopped after the test."""
+    started: list[Server] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> Server:
+        server = Server(data_dir or tmp_path / f"data{len(started)}", make_env(**env))
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server (rate limits off) for tests that only add data."""
+    s = Server(tmp_path_factory.mktemp("shared"), make_env()).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    """A client for /api/* with the private key and the newest revision."""
+    with server.client(
+        Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}",
+        revision=NEWEST,
+        **{"Content-Type": "application/vnd.api+json"},
+    ) as c:
+        yield c
+
+
+def event_body(
+    email: str = "sarah.mason@klaviyo-demo.com", metric: str = "Viewed Product", **attributes: Any
+) -> dict[str, Any]:
+    """A create-event body in the current (2024-02-15 on) JSON:API shape."""
+    profile_attributes = attributes.pop("profile_attributes", {"email": email})
+    body = {
+        "data": {
+            "type": "event",
+            "attributes": {
+                "properties": attributes.pop("properties", {"Brand": "Kids Book"}),
+                "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+                "profile": {"data": {"type": "profile", "attributes": profile_attributes}},
+            },
+        }
+    }
+    body["data"]["attributes"].update(attributes)
+    return body
+
+
+def bulk_body(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> dict[str, Any]:
+    """A bulk-create body: each group is (profile attributes, [event attributes])."""
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {
+                "events-bulk-create": {
+                    "data": [
+                        {
+                            "type": "event-bulk-create",
+                            "attributes": {
+                                "profile": {"data": {"type": "profile", "attributes": profile}},
+                                "events": {
+                                    "data": [{"type": "event", "attributes": e} for e in events]
+                                },
+                            },
+                        }
+                        for profile, events in groups
+                    ]
+                }
+            },
+        }
+    }
+
+
+def bulk_event(metric: str = "Ordered Product", **attributes: Any) -> dict[str, Any]:
+    return {
+        "properties": attributes.pop("properties", {}),
+        "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+        **attributes,
+    }
+
+
+def single_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The one JSON:API error of a response, checked for Klaviyo's error shape."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/vnd.api+json")
+    errors = response.json()["errors"]
+    assert len(errors) == 1
+    error = errors[0]
+    assert {"id", "status", "code", "title", "detail", "source"} <= error.keys()
+    assert error["status"] == status
+    return error
