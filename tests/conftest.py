@@ -38,6 +38,7 @@ class Server:
     data_dir: Path
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    args: list[str] = field(default_factory=list)  # extra `trackhouse serve` options
     proc: subprocess.Popen | None = None
 
     @property
@@ -47,7 +48,7 @@ class Server:
     def start(self) -> Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackhouse", "serve", "--data-dir", str(self.data_dir)]
-            + ["--port", str(self.port)],
+            + ["--port", str(self.port), *self.args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -112,8 +113,9 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     """Start servers with custom settings; all are stopped after the test."""
     started: list[Server] = []
 
-    def start(data_dir: Path | None = None, **env: str) -> Server:
-        server = Server(data_dir or tmp_path / f"data{len(started)}", make_env(**env))
+    def start(*args: str, data_dir: Path | None = None, **env: str) -> Server:
+        data = data_dir or tmp_path / f"data{len(started)}"
+        server = Server(data, make_env(**env), args=list(args))
         started.append(server)
         return server.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def serve(settings: Settings, announce) -> None:
     accounts = open_accounts(settings.data_dir)
     log = SQLiteLog(settings.data_dir / LOG_FILE)
     try:
-        announce(ensure_account(accounts), settings)
+        first = ensure_account(accounts)
+        # Bind before announcing, so the printed address (and port, when 0 was asked) is real.
+        sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+        settings.port = sock.getsockname()[1]
+        announce(first, settings)
         limiter = None if settings.rate_limits is None else RateLimiter(settings.rate_limits)
         app = build_app(log, accounts, limiter)
         config = uvicorn.Config(
@@ -79,7 +84,7 @@ def serve(settings: Settings, announce) -> None:
             server_header=False,
             timeout_graceful_shutdown=30,
         )
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         log.close()  # commits whatever is still queued, then stops the writer
         accounts.close()
