@@ -11,7 +11,7 @@ import zlib
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from trackhouse.api.errors import APIError, from_validation_error, invalid
 
@@ -50,22 +50,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     raw = 0
-    async for chunk in request.stream():
-        raw += len(chunk)
-        if inflater is not None:
-            if raw > limit:  # compressed data larger than the inflated limit: refuse early
+    try:
+        async for chunk in request.stream():
+            raw += len(chunk)
+            if inflater is not None:
+                if raw > limit:  # compressed data larger than the inflated limit: refuse early
+                    raise _too_large(limit)
+                try:
+                    # max_length bounds the output of this call; leftovers stay in the inflater.
+                    chunk = inflater.decompress(chunk, limit + 1 - size)
+                except zlib.error:
+                    raise invalid("The request body is not valid gzip data.") from None
+                if inflater.unconsumed_tail:
+                    raise _too_large(limit)
+            size += len(chunk)
+            if size > limit:
                 raise _too_large(limit)
-            try:
-                # max_length bounds the output of this call; leftovers stay in the inflater.
-                chunk = inflater.decompress(chunk, limit + 1 - size)
-            except zlib.error:
-                raise invalid("The request body is not valid gzip data.") from None
-            if inflater.unconsumed_tail:
-                raise _too_large(limit)
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise invalid("The client disconnected before sending the whole body.") from None
     if inflater is not None:
         try:
             tail = inflater.flush()
