@@ -94,7 +94,8 @@ class Server:
         return found[0]
 
     def client(self, **headers: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        # Plain HTTP: verify=False only skips building an unused TLS context (~60 ms a client).
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=False)
 
 
 def make_env(**extra: str) -> dict[str, str]:

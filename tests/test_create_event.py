@@ -169,7 +169,7 @@ def test_revisions_before_2023_01_24_fall_forward_to_it(api, server):
     assert single_error(r, 410)["code"] == "gone"
 
 
-def test_profile_meta_beside_attributes_before_2024_02_15_inside_after(api, server):
+def test_profile_meta_beside_attributes_before_2024_02_15_inside_until_2026_10_15(api, server):
     inside = event_body(profile_attributes=META_IN_ATTRIBUTES)
     s = logged(api, server, inside, revision="2024-02-15")
     assert s.profile.append == {"skus": "92538"} and s.profile.unset == ["old"]
@@ -182,6 +182,10 @@ def test_profile_meta_beside_attributes_before_2024_02_15_inside_after(api, serv
     assert s.profile.append == {"skus": "92538"}
     error = single_error(post(api, beside, revision="2024-02-15"), 400)
     assert error["source"]["pointer"] == "/data/attributes/profile/data/meta"
+    # 2026-10-15 (what klaviyo-api 25 sends) has it beside again, as in bulk.
+    assert logged(api, server, beside, revision="2026-10-15").profile.unset == ["old"]
+    error = single_error(post(api, inside, revision="2026-10-15"), 400)
+    assert error["source"]["pointer"] == "/data/attributes/profile/data/attributes/meta"
 
 
 def test_value_currency_from_2024_02_15(api, server):
@@ -215,7 +219,7 @@ def test_patch_identifiers_only_patch_emails(api):
         "email": "a@klaviyo-demo.com",
         "meta": {"patch_identifiers": {"append": {"phone": "x"}}},
     }
-    error = single_error(post(api, event_body(profile_attributes=attrs)), 400)
+    error = single_error(post(api, event_body(profile_attributes=attrs), "2026-07-15"), 400)
     assert error["source"]["pointer"].endswith("/patch_identifiers/append/phone")
 
 
@@ -280,7 +284,7 @@ def test_limits_at_the_boundary_are_accepted(api):
 def test_at_most_ten_nested_levels(api):
     def nest(levels):
         value: dict = {"leaf": 1}
-        for _ in range(levels - 1):  # the properties object itself is the first level
+        for _ in range(levels):  # levels of objects inside the properties object
             value = {"n": value}
         return value
 

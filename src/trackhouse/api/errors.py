@@ -79,7 +79,7 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\"((?:[^\"\\]|\\.)*)\"\]")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[(\.\.\.)\]")
 _MSGSPEC_AT = re.compile(r" - at `\$(.*)`$")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(.+)`$")
 
@@ -90,7 +90,10 @@ def from_validation_error(exc: msgspec.ValidationError, base: str = "") -> APIEr
     at = _MSGSPEC_AT.search(message)
     parts: list[str] = []
     if at:
-        parts = [m.group(1) or m.group(2) or m.group(3) for m in _PATH_PART.finditer(at.group(1))]
+        for m in _PATH_PART.finditer(at.group(1)):
+            if m.group(3):  # msgspec writes a free-form object's key as [...]: stop there
+                break
+            parts.append(m.group(1) or m.group(2))
         message = message[: at.start()]
     unknown = _UNKNOWN_FIELD.match(message)
     if unknown:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,8 @@ def decode_data(data: str) -> dict[str, Any]:
     """`data` is base64 of JSON (GET) or JSON itself (form POST)."""
     text = data.strip()
     if not text.startswith("{"):
+        # A `+` that was not URL-encoded arrives as a space; a space is never base64.
+        text = text.replace(" ", "+")
         try:
             padded = text + "=" * (-len(text) % 4)
             text = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
@@ -89,6 +92,12 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
             value = float(value)
         except (TypeError, ValueError):
             raise Refused("$value must be a number") from None
+        if not math.isfinite(value):
+            raise Refused("$value must be a finite number")
+    if event_id is not None and (
+        isinstance(event_id, bool) or not isinstance(event_id, str | int | float)
+    ):
+        raise Refused("$event_id must be a string or a number")
     moment = payload.get("time")
     if moment is None:
         seconds = int(received_at)
@@ -137,7 +146,11 @@ async def _handle(request: Request, kind: str) -> Response:
             if media in ("application/json", "application/vnd.api+json"):
                 data = body.decode("utf-8", errors="strict")
             else:
-                form = parse_qs(body.decode("utf-8", errors="strict"), max_num_fields=16)
+                text = body.decode("utf-8", errors="strict")
+                try:
+                    form = parse_qs(text, max_num_fields=256)
+                except ValueError:
+                    raise Refused("the form has too many fields") from None
                 data = (form.get("data") or [None])[0]
         if not data:
             raise Refused("the data parameter is required")

@@ -39,8 +39,11 @@ def check_string(value: str, where: str) -> None:
 
 
 def check_json(value: Any, where: str) -> None:
-    """Strings, arrays, integers and nesting of a free-form JSON object (properties)."""
-    _walk(value, where, 0, 0)
+    """Strings, arrays, integers and nesting of a free-form JSON object (properties).
+
+    "No more than 10 nested levels" counts the objects inside `properties`, not `properties`
+    itself (the reading that refuses less when the seeds' wording is ambiguous)."""
+    _walk(value, where, -1, 0)
 
 
 def _walk(value: Any, where: str, object_levels: int, nesting: int) -> None:

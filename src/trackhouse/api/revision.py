@@ -22,7 +22,9 @@ class RevisionRules:
     # 2023-07-15 "relationships standardization": metric and profile become JSON:API
     # sub-documents; before, `profile` is a flat object of `$`-fields and `metric` is flat.
     jsonapi_relationships: bool
-    # 2024-02-15: `value_currency`; create-event profile `meta` moves inside `attributes`.
+    # 2024-02-15: `value_currency`; create-event profile `meta` moves inside `attributes`,
+    # and back beside them in 2026-10-15 (the shape of the official SDKs generated for it,
+    # klaviyo-api 25 on PyPI; no 2026-10-15 spec is in klaviyo-openapi/ yet).
     value_currency: bool
     profile_meta_in_attributes: bool
     # 2025-01-15: a unique_id repeated for one profile+metric in a bulk request fails it whole.
@@ -43,7 +45,7 @@ def rules_for(day: date, label: str) -> RevisionRules:
         revision=label,
         jsonapi_relationships=day >= date(2023, 7, 15),
         value_currency=day >= date(2024, 2, 15),
-        profile_meta_in_attributes=day >= date(2024, 2, 15),
+        profile_meta_in_attributes=date(2024, 2, 15) <= day < date(2026, 10, 15),
         bulk_repeated_unique_id_fails=day >= date(2025, 1, 15),
         max_event_properties=400 if day >= date(2025, 4, 15) else 300,
         backfill=day >= date(2026, 4, 15),
