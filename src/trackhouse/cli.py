@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from trackhouse import __version__
-from trackhouse.store.accounts import ALL_SCOPES
+from trackhouse.store.accounts import ADMIN_SCOPE, ALL_SCOPES
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -35,15 +35,58 @@ def main() -> None:
     is_flag=True,
     help="Turn Klaviyo's rate limits off (for load tests); same as TRACKHOUSE_RATE_LIMITS=off.",
 )
-def serve(data_dir: Path, host: str, port: int, no_rate_limits: bool) -> None:
-    """Serve the API on the embedded default (SQLite under --data-dir)."""
+@click.option(
+    "--no-process",
+    is_flag=True,
+    help="Only accept events into the log; run `trackhouse process` to process them.",
+)
+def serve(data_dir: Path, host: str, port: int, no_rate_limits: bool, no_process: bool) -> None:
+    """Serve the API and process events, on the embedded default (SQLite under --data-dir)."""
     from trackhouse.server import Settings
     from trackhouse.server import serve as run
 
-    settings = Settings(data_dir=data_dir, host=host, port=port)
+    settings = Settings(data_dir=data_dir, host=host, port=port, process=not no_process)
     if no_rate_limits:
         settings.rate_limits = None
     run(settings, _announce)
+
+
+@main.command()
+@DATA_DIR
+def process(data_dir: Path) -> None:
+    """Process the log of --data-dir without serving the API (until interrupted)."""
+    import signal
+    import threading
+
+    from trackhouse.server import process_only
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    process_only(data_dir, stop)
+
+
+@main.command()
+@DATA_DIR
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
+def wait(data_dir: Path, timeout: float) -> None:
+    """Wait until every event accepted so far is processed (exit 1 on timeout)."""
+    import time
+
+    from trackhouse.log.sqlite import log_head
+    from trackhouse.server import LOG_FILE, STORE_FILE
+    from trackhouse.store.sqlite import SQLiteStore
+
+    head = log_head(data_dir / LOG_FILE)
+    store = SQLiteStore(data_dir / STORE_FILE)
+    deadline = time.monotonic() + timeout
+    with click.progressbar(length=head, label="processing", show_pos=True) as bar:
+        while (position := store.position()) < head:
+            bar.update(position - bar.pos)
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"timed out at log position {position} of {head}")
+            time.sleep(0.05)
+        bar.update(head - bar.pos)
 
 
 def _announce(first, settings) -> None:
@@ -55,10 +98,12 @@ def _announce(first, settings) -> None:
         click.echo("  private key: the one in TRACKHOUSE_PRIVATE_KEY")
     elif first.private_key:
         click.echo(f"  private key: {first.private_key}   (shown once; stored hashed)")
+        click.echo(f"  admin key:   {first.admin_key}   (test control: /admin/wait, /admin/reset)")
     else:
         click.echo("  private key: created on first start; `trackhouse keys create` makes another")
     limits = "off" if settings.rate_limits is None else "on"
     click.echo(f"  rate limits: {limits}")
+    click.echo(f"  processing:  {'in this process' if settings.process else 'off (--no-process)'}")
     click.echo(f"  Python SDK:  KlaviyoAPI(private_key, test_host='{url}')")
 
 
@@ -74,7 +119,7 @@ def keys() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(ALL_SCOPES),
+    type=click.Choice((*ALL_SCOPES, ADMIN_SCOPE)),
     help="Repeat for each scope; default: all scopes.",
 )
 @click.option("--label", default="", help="A note to recognise the key by.")

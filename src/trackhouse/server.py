@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import uvicorn
 from trackhouse.api.app import build_app
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
 from trackhouse.log.sqlite import SQLiteLog
-from trackhouse.store.accounts import AccountStore
+from trackhouse.process.processor import Processor
+from trackhouse.store.accounts import ADMIN_SCOPE, AccountStore
+from trackhouse.store.sqlite import SQLiteStore
 
 LOG_FILE = "log.sqlite3"
 STORE_FILE = "store.sqlite3"
@@ -26,6 +30,7 @@ class Settings:
     rate_limits: dict[str, Limit] | None = field(
         default_factory=lambda: parse_limits(os.environ.get("TRACKHOUSE_RATE_LIMITS"))
     )
+    process: bool = True  # run the processor in the serving process
 
 
 def open_accounts(data_dir: Path) -> AccountStore:
@@ -38,41 +43,54 @@ class FirstStart:
     """What `serve` tells the user about the account it serves."""
 
     account_id: str
-    private_key: str | None  # shown only when created now (stored hashed, never again)
+    # Keys created now are shown once (they are stored hashed); None when they already existed
+    # or come from the environment.
+    private_key: str | None = None
+    admin_key: str | None = None
 
 
 def ensure_account(accounts: AccountStore) -> FirstStart:
-    """TRACKHOUSE_PUBLIC_KEY / TRACKHOUSE_PRIVATE_KEY pin the keys (for CI); otherwise the
-    first start creates an account with an all-scopes private key."""
+    """TRACKHOUSE_PUBLIC_KEY / _PRIVATE_KEY / _ADMIN_KEY pin the keys (for CI); otherwise the
+    first start creates an account with an all-scopes private key and a test-control key."""
     public = os.environ.get("TRACKHOUSE_PUBLIC_KEY")
     private = os.environ.get("TRACKHOUSE_PRIVATE_KEY")
-    if public or private:
-        if not public:
-            existing = accounts.account_ids()
-            public = existing[0] if existing else None
-        account_id = accounts.create_account(public)
+    admin = os.environ.get("TRACKHOUSE_ADMIN_KEY")
+    existing = accounts.account_ids()
+    if public or private or admin:
+        account_id = accounts.create_account(public or next(iter(existing), None))
         if private:
             accounts.ensure_key(account_id, private)
-        return FirstStart(account_id, private)
-    existing = accounts.account_ids()
+        if admin:
+            accounts.ensure_key(account_id, admin, (ADMIN_SCOPE,))
+        return FirstStart(account_id)
     if existing:
-        return FirstStart(existing[0], None)
+        return FirstStart(existing[0])
     account_id = accounts.create_account()
     secret, _ = accounts.create_key(account_id, label="created by first start")
-    return FirstStart(account_id, secret)
+    admin_secret, _ = accounts.create_key(account_id, frozenset({ADMIN_SCOPE}), "test control")
+    return FirstStart(account_id, secret, admin_secret)
 
 
-def serve(settings: Settings, announce) -> None:
+def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
+    """The API and (unless settings.process is off) the processor, in one process."""
     accounts = open_accounts(settings.data_dir)
     log = SQLiteLog(settings.data_dir / LOG_FILE)
+    store = SQLiteStore(settings.data_dir / STORE_FILE)
+    processor = Processor(log, store) if settings.process else None
+    stop = threading.Event()
+    thread = None
     try:
         first = ensure_account(accounts)
         # Bind before announcing, so the printed address (and port, when 0 was asked) is real.
         sock = socket.create_server((settings.host, settings.port), reuse_port=False)
         settings.port = sock.getsockname()[1]
         announce(first, settings)
+        if processor is not None:
+            log.on_commit(processor.wake.set)
+            thread = threading.Thread(target=processor.run, args=(stop,), name="processor")
+            thread.start()
         limiter = None if settings.rate_limits is None else RateLimiter(settings.rate_limits)
-        app = build_app(log, accounts, limiter)
+        app = build_app(log, accounts, store, processor, limiter)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -86,5 +104,25 @@ def serve(settings: Settings, announce) -> None:
         )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        log.close()  # commits whatever is still queued, then stops the writer
+        # In-flight requests are done; finish the batch in hand, then commit what is queued.
+        stop.set()
+        if thread is not None and processor is not None:
+            processor.wake.set()
+            thread.join()
+            processor.close()
+        log.close()
+        store.close()
         accounts.close()
+
+
+def process_only(data_dir: Path, stop: threading.Event) -> None:
+    """Run the processor alone over an existing data directory (no API)."""
+    log = SQLiteLog(data_dir / LOG_FILE)
+    store = SQLiteStore(data_dir / STORE_FILE)
+    processor = Processor(log, store)
+    try:
+        processor.run(stop)
+    finally:
+        processor.close()
+        log.close()
+        store.close()

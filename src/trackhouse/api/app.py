@@ -11,11 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trackhouse.api import bulk, events, legacy
+from trackhouse.api import admin, bulk, events, legacy, receipts
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
+from trackhouse.process.processor import Processor
 from trackhouse.store.accounts import AccountStore
+from trackhouse.store.sqlite import SQLiteStore
 
 logger = logging.getLogger("trackhouse.api")
 
@@ -33,6 +35,9 @@ ROUTES: list[Route] = [
     *_both("/client/event-bulk-create", bulk.create_client_bulk, ["POST"]),
     *_both("/api/track", legacy.track, ["GET", "POST"]),
     *_both("/api/identify", legacy.identify, ["GET", "POST"]),
+    *_both("/api/event-receipts/{receipt_id}", receipts.get_receipt, ["GET"]),
+    Route("/admin/wait", admin.wait, methods=["POST"]),
+    Route("/admin/reset", admin.reset, methods=["POST"]),
 ]
 
 
@@ -66,7 +71,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(APIError(500, "error", "An unexpected error occurred."))
 
 
-def build_app(log: EventLog, accounts: AccountStore, limiter: RateLimiter | None) -> Starlette:
+def build_app(
+    log: EventLog,
+    accounts: AccountStore,
+    store: SQLiteStore,
+    processor: Processor | None,
+    limiter: RateLimiter | None,
+) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         exception_handlers={
@@ -77,5 +88,7 @@ def build_app(log: EventLog, accounts: AccountStore, limiter: RateLimiter | None
     )
     app.state.log = log
     app.state.accounts = accounts
+    app.state.store = store
+    app.state.processor = processor  # None when processing runs elsewhere
     app.state.limiter = limiter  # None: rate limits off
     return app

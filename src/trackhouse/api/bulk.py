@@ -8,6 +8,7 @@ record in one transaction: the 202 means every event of the request is in the lo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -33,10 +34,12 @@ from trackhouse.api.revision import (
 from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
 from trackhouse.log import BulkJob
 from trackhouse.model import Event, ProfileChange, Submission
+from trackhouse.store.sqlite import Outcome
 
 MAX_BODY = 5 * MB
 MAX_EVENTS = 1000
 JOB_TYPE = "event-bulk-create-job"
+OUTCOMES = ("stored", "deduplicated", "rejected")
 
 
 def parse_groups(
@@ -83,20 +86,34 @@ def submissions(
     ]
 
 
-def job_document(request: Request, job: BulkJob) -> dict:
+def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dict:
+    """The job, with what processing made of its events so far."""
     url = absolute_url(request, f"/api/event-bulk-create-jobs/{job.id}")
+    counts = Counter(o.outcome for o in outcomes)
+    # A job's submissions are consecutive log entries, one per profile group, in order.
+    group_of = {seq: g for g, seq in enumerate(sorted({o.seq for o in outcomes}))}
+    done = len(outcomes)
+    status = "complete" if done >= job.event_count else "processing" if done else "queued"
     return {
         "data": {
             "type": JOB_TYPE,
             "id": job.id,
             "attributes": {
-                # Processing fills in completion and per-outcome counts; until then a job is
-                # queued with every event durably in the log.
-                "status": "queued",
+                "status": status,
                 "created_at": job.created_at,
                 "total_count": job.event_count,
-                "completed_count": 0,
-                "failed_count": 0,
+                "completed_count": done,
+                "failed_count": counts["rejected"],
+                "outcomes": {name: counts[name] for name in OUTCOMES},
+                "rejected_events": [
+                    {
+                        "pointer": f"/data/attributes/events-bulk-create/data/{group_of[o.seq]}"
+                        f"/attributes/events/data/{o.idx}",
+                        "detail": o.detail,
+                    }
+                    for o in outcomes
+                    if o.outcome == "rejected"
+                ],
             },
             "links": {"self": url},
         },
@@ -124,7 +141,7 @@ async def create_bulk_job(request: Request) -> Response:
         submission_count=len(parsed),
     )
     await append(request, submissions(parsed, caller, received_at, "api", job.id), job)
-    return jsonapi_response(202, job_document(request, job), caller.headers)
+    return jsonapi_response(202, job_document(request, job, []), caller.headers)
 
 
 async def get_bulk_job(request: Request) -> Response:
@@ -133,7 +150,8 @@ async def get_bulk_job(request: Request) -> Response:
     job = event_log(request).get_job(caller.account_id, job_id)
     if job is None:
         raise APIError(404, "not_found", f"A bulk create job with id {job_id[:64]} does not exist.")
-    return jsonapi_response(200, job_document(request, job), caller.headers)
+    outcomes = request.app.state.store.job_outcomes(caller.account_id, job_id)
+    return jsonapi_response(200, job_document(request, job, outcomes), caller.headers)
 
 
 async def create_client_bulk(request: Request) -> Response:

@@ -22,6 +22,7 @@ TITLES = {
     "not_found": "Not found.",
     "method_not_allowed": "Method not allowed.",
     "gone": "Gone.",
+    "conflict": "Conflict.",
     "payload_too_large": "Request entity too large.",
     "unsupported_media_type": "Unsupported media type.",
     "throttled": "Request was throttled.",

@@ -7,6 +7,7 @@ appends into one commit (group commit); they never acknowledge early.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +42,14 @@ class EventLog(Protocol):
         """Commit the submissions (and the job they belong to) durably, all or nothing."""
 
     def get_job(self, account_id: str, job_id: str) -> BulkJob | None: ...
+
+    def has_receipt(self, account_id: str, receipt_id: str) -> bool: ...
+
+    def head(self) -> int:
+        """The newest position in the log (0 when empty)."""
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every successful commit (processing wakes on it)."""
 
     def read(self, after_seq: int, limit: int) -> list[LogEntry]:
         """Entries with seq > after_seq, in log order."""

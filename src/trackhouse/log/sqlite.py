@@ -14,6 +14,7 @@ import contextlib
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS entries (
     receipt_id TEXT,
     submission BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS entries_receipt ON entries (receipt_id) WHERE receipt_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL,
@@ -79,8 +81,13 @@ class SQLiteLog:
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="trackhouse-log", daemon=True)
         self._thread.start()
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from the writer thread) after every successful commit."""
+        self._listeners.append(listener)
 
     async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
         rows = [(s.account_id, s.job_id, s.receipt_id, encode_submission(s)) for s in submissions]
@@ -107,6 +114,9 @@ class SQLiteLog:
                 batch = list(self._queue)
                 self._queue.clear()
             error = self._commit(batch)
+            if error is None:
+                for listener in self._listeners:
+                    listener()
             with self._cond:
                 self._pending_bytes -= sum(p.size for p in batch)
             for p in batch:
@@ -145,6 +155,18 @@ class SQLiteLog:
             ).fetchone()
         return BulkJob(*row) if row else None
 
+    def head(self) -> int:
+        with self._read_lock:
+            return self._reader.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
+
+    def has_receipt(self, account_id: str, receipt_id: str) -> bool:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM entries WHERE receipt_id = ? AND account_id = ?",
+                (receipt_id, account_id),
+            ).fetchone()
+        return row is not None
+
     def read(self, after_seq: int, limit: int) -> list[LogEntry]:
         with self._read_lock:
             rows = self._reader.execute(
@@ -160,3 +182,12 @@ class SQLiteLog:
         self._thread.join()
         self._writer.close()
         self._reader.close()
+
+
+def log_head(path: Path) -> int:
+    """The newest log position, read without opening the log for writing (CLI use)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
+    finally:
+        conn.close()

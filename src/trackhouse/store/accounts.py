@@ -26,6 +26,8 @@ ALL_SCOPES: tuple[str, ...] = (
     "profiles:read",
     "profiles:write",
 )
+# Test control (wait for processing, reset an account): never part of an ordinary key.
+ADMIN_SCOPE = "trackhouse:admin"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -151,8 +153,10 @@ class AccountStore:
             )
         return secret, key
 
-    def ensure_key(self, account_id: str, private_key: str) -> None:
-        """Make sure this exact private key exists, active with every scope, for the account."""
+    def ensure_key(
+        self, account_id: str, private_key: str, scopes: tuple[str, ...] = ALL_SCOPES
+    ) -> None:
+        """Make sure this exact key exists, active with exactly `scopes`, for the account."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT account_id FROM api_keys WHERE key_hash = ?", (hash_key(private_key),)
@@ -162,10 +166,13 @@ class AccountStore:
                     raise ValueError("that private key belongs to another account")
                 self._conn.execute(
                     "UPDATE api_keys SET revoked_at = NULL, scopes = ? WHERE key_hash = ?",
-                    (" ".join(ALL_SCOPES), hash_key(private_key)),
+                    (" ".join(sorted(scopes)), hash_key(private_key)),
                 )
+                self._cache.clear()
                 return
-        self.create_key(account_id, label="from environment", private_key=private_key)
+        self.create_key(
+            account_id, frozenset(scopes), label="from environment", private_key=private_key
+        )
 
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         sql = "SELECT id, account_id, prefix, label, scopes, created_at, revoked_at FROM api_keys"

@@ -1,0 +1,80 @@
+"""Test control (an extension, not Klaviyo's): wait for processing, reset an account.
+
+Guarded by keys with the `trackhouse:admin` scope, which ordinary keys never have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trackhouse.api import auth
+from trackhouse.api.accept import accounts, event_log, jsonapi_response
+from trackhouse.api.errors import APIError
+from trackhouse.store.accounts import ADMIN_SCOPE
+from trackhouse.store.sqlite import SQLiteStore
+
+MAX_WAIT_SECONDS = 300.0
+
+
+def _timeout(request: Request) -> float:
+    text = request.query_params.get("timeout", "30")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise APIError(400, "invalid", "timeout must be 0 to 300 seconds.", parameter="timeout")
+    return seconds
+
+
+async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
+    """Wait until everything in the log when called is processed; (position, head)."""
+    store: SQLiteStore = request.app.state.store
+    head = event_log(request).head()
+    deadline = time.monotonic() + seconds
+    while (position := store.position()) < head:
+        if time.monotonic() >= deadline:
+            raise APIError(
+                503,
+                "service_unavailable",
+                f"Processing has reached log position {position} of {head}; still working.",
+                headers={"Retry-After": "1"},
+            )
+        await asyncio.sleep(0.01)
+    return position, head
+
+
+def _status(position: int, head: int) -> dict:
+    return {
+        "data": {
+            "type": "processing-status",
+            "id": "processor",
+            "attributes": {"processed_position": position, "log_position": head},
+        }
+    }
+
+
+async def wait(request: Request) -> Response:
+    auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    position, head = await caught_up(request, _timeout(request))
+    return jsonapi_response(200, _status(position, head))
+
+
+async def reset(request: Request) -> Response:
+    """Delete the admin key's account's events, profiles, metrics and outcomes (after
+    processing what was accepted before the call, so nothing reappears afterwards)."""
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    processor = request.app.state.processor
+    if processor is None:
+        raise APIError(
+            409, "conflict", "Processing runs in another process; reset the account there."
+        )
+    await caught_up(request, _timeout(request))
+    deleted = await asyncio.to_thread(processor.reset_account, account_id)
+    return jsonapi_response(
+        200, {"data": {"type": "account-reset", "id": account_id, "attributes": deleted}}
+    )

@@ -1,0 +1,44 @@
+"""GET /api/event-receipts/{id}: what became of one single create (an extension).
+
+Every 202 from POST /api/events and /client/events carries a `Trackhouse-Receipt` header;
+this shows whether that submission is still queued or, once processed, each event's outcome.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trackhouse.api.accept import absolute_url, event_log, identify_caller, jsonapi_response
+from trackhouse.api.errors import APIError
+from trackhouse.store.sqlite import Outcome, event_id
+
+
+def outcome_json(o: Outcome) -> dict:
+    return {
+        "outcome": o.outcome,
+        "event_id": None if o.event_rowid is None else event_id(o.event_rowid),
+        "detail": o.detail,
+    }
+
+
+async def get_receipt(request: Request) -> Response:
+    caller = identify_caller(request, scope="events:read", endpoint_class="job")
+    receipt_id = request.path_params["receipt_id"]
+    outcomes = request.app.state.store.receipt_outcomes(caller.account_id, receipt_id)
+    if not outcomes and not event_log(request).has_receipt(caller.account_id, receipt_id):
+        raise APIError(404, "not_found", f"A receipt with id {receipt_id[:64]} does not exist.")
+    url = absolute_url(request, f"/api/event-receipts/{receipt_id}")
+    document = {
+        "data": {
+            "type": "event-receipt",
+            "id": receipt_id,
+            "attributes": {
+                "status": "processed" if outcomes else "queued",
+                "outcomes": [outcome_json(o) for o in outcomes],
+            },
+            "links": {"self": url},
+        },
+        "links": {"self": url},
+    }
+    return jsonapi_response(200, document, caller.headers)

@@ -1,0 +1,190 @@
+"""Identity resolution: which profile a submission is about (design.md, Decisions).
+
+A profile is found by the first identifier that matches, in the order `id`, `external_id`,
+`email`, `phone_number`, `anonymous_id`, `_kx`; none matching creates one. Identifiers that no
+other profile owns are added to it; one owned by another profile stays where it is and the
+outcome records the conflict — never an implicit merge. Client (public-key) submissions add
+identifiers but never change one the profile already has.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from ulid import ULID
+
+from trackhouse.model import ProfileChange
+from trackhouse.process.profiles import MAX_EMAILS, Profile, decode_profile, encode_profile
+
+Key = tuple[str, str, str]  # (account_id, kind, value)
+
+# Caches are dropped whole past this many entries (at a batch boundary), bounding memory.
+MAX_CACHED = 200_000
+
+
+def identifier_value(kind: str, value: str) -> str:
+    """Emails match case-insensitively."""
+    return value.lower() if kind == "email" else value
+
+
+class ProfileBook:
+    """The processor's access to profiles and identifiers inside its batch transaction.
+
+    Profiles read or changed in a batch are kept in memory and written back once by
+    `flush()`; identifier claims go to SQL at once. Only the processor writes profiles, so the
+    cache stays true to the database as long as it is dropped after a rollback (`forget()`).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._owners: dict[Key, str] = {}
+        self._profiles: dict[str, Profile] = {}
+        self._dirty: set[str] = set()
+
+    def owner(self, account_id: str, kind: str, value: str) -> str | None:
+        key = (account_id, kind, value)
+        owner = self._owners.get(key)
+        if owner is None:
+            row = self.conn.execute(
+                "SELECT profile_id FROM identifiers"
+                " WHERE account_id = ? AND kind = ? AND value = ?",
+                key,
+            ).fetchone()
+            if row is not None:
+                owner = self._owners[key] = row[0]
+        return owner
+
+    def get(self, account_id: str, profile_id: str) -> Profile | None:
+        profile = self._profiles.get(profile_id)
+        if profile is None:
+            row = self.conn.execute(
+                "SELECT doc FROM profiles WHERE id = ? AND account_id = ?", (profile_id, account_id)
+            ).fetchone()
+            if row is None:
+                return None
+            profile = self._profiles[profile_id] = decode_profile(row[0])
+        return profile if profile.account_id == account_id else None
+
+    def create(self, account_id: str, now: str) -> Profile:
+        profile = Profile(id=str(ULID()), account_id=account_id, created=now, updated=now)
+        self._profiles[profile.id] = profile
+        self._dirty.add(profile.id)
+        return profile
+
+    def touch(self, profile: Profile, now: str) -> None:
+        profile.updated = now
+        self._dirty.add(profile.id)
+
+    def claim(self, profile: Profile, kind: str, value: str) -> None:
+        key = (profile.account_id, kind, value)
+        self.conn.execute("INSERT INTO identifiers VALUES (?, ?, ?, ?)", (*key, profile.id))
+        self._owners[key] = profile.id
+
+    def release(self, profile: Profile, kind: str, value: str) -> None:
+        key = (profile.account_id, kind, value)
+        self.conn.execute(
+            "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?", key
+        )
+        self._owners.pop(key, None)
+
+    def flush(self) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (p.id, p.account_id, encode_profile(p), p.created, p.updated, p.last_event_date)
+                for p in (self._profiles[pid] for pid in self._dirty)
+            ],
+        )
+        self._dirty.clear()
+        if len(self._profiles) + len(self._owners) > MAX_CACHED:
+            self.forget()
+
+    def forget(self) -> None:
+        self._owners.clear()
+        self._profiles.clear()
+        self._dirty.clear()
+
+
+@dataclass
+class Resolution:
+    profile: Profile | None
+    notes: list[str] = field(default_factory=list)  # identifier conflicts, for the outcome
+    rejected: str | None = None
+
+
+def resolve_profile(
+    book: ProfileBook, account_id: str, change: ProfileChange, now: str
+) -> Resolution:
+    given = {
+        kind: identifier_value(kind, value)
+        for kind, value in change.identifiers().items()
+        if kind != "id"
+    }
+    profile = None
+    if change.id:
+        profile = book.get(account_id, change.id)
+    if profile is None:
+        for kind, value in given.items():
+            owner = book.owner(account_id, kind, value)
+            if owner is not None:
+                profile = book.get(account_id, owner)
+                break
+    if profile is None:
+        if not given:
+            return Resolution(None, rejected=f"no profile with id {change.id[:64]} exists")
+        profile = book.create(account_id, now)
+    else:
+        book.touch(profile, now)
+    resolution = Resolution(profile)
+    for kind, value in given.items():
+        _add_identifier(book, profile, kind, value, change.may_change_identifiers, resolution)
+    _patch_emails(book, profile, change, resolution)
+    return resolution
+
+
+def _add_identifier(
+    book: ProfileBook,
+    profile: Profile,
+    kind: str,
+    value: str,
+    may_change: bool,
+    resolution: Resolution,
+) -> None:
+    owner = book.owner(profile.account_id, kind, value)
+    if owner == profile.id:
+        return
+    if owner is not None:
+        resolution.notes.append(f"{kind} belongs to profile {owner}; it was not moved")
+        return
+    current = profile.identifiers.get(kind)
+    if current is not None:
+        if not may_change:
+            resolution.notes.append(
+                f"{kind} not changed: client endpoints cannot change an existing identifier"
+            )
+            return
+        book.release(profile, kind, current)
+    book.claim(profile, kind, value)
+    profile.identifiers[kind] = value
+
+
+def _patch_emails(
+    book: ProfileBook, profile: Profile, change: ProfileChange, resolution: Resolution
+) -> None:
+    """meta.patch_identifiers: secondary email addresses."""
+    for email in map(str.lower, change.add_emails):
+        owner = book.owner(profile.account_id, "email", email)
+        if owner == profile.id:
+            continue
+        if owner is not None:
+            resolution.notes.append(f"email belongs to profile {owner}; it was not added")
+        elif 1 + len(profile.secondary_emails) >= MAX_EMAILS:
+            resolution.notes.append(f"a profile keeps at most {MAX_EMAILS} emails; one not added")
+        else:
+            book.claim(profile, "email", email)
+            profile.secondary_emails.append(email)
+    for email in map(str.lower, change.remove_emails):
+        if email in profile.secondary_emails:
+            book.release(profile, "email", email)
+            profile.secondary_emails.remove(email)
