@@ -22,6 +22,7 @@ from trackhouse.server import LOG_FILE
 
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"
+ADMIN_KEY = "pk_adm1n0000000000000000000000000000"
 NEWEST = "2026-10-15"  # what klaviyo-api 25 sends
 
 
@@ -93,6 +94,15 @@ class Server:
         assert len(found) == 1, f"{len(found)} log entries for receipt {receipt_id}"
         return found[0]
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait (POST /admin/wait) until everything accepted so far is processed."""
+        r = httpx.post(
+            f"{self.url}/admin/wait?timeout={timeout}",
+            headers={"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"},
+            timeout=timeout + 10,
+        )
+        assert r.status_code == 200, r.text
+
     def client(self, **headers: str) -> httpx.Client:
         # Plain HTTP: verify=False only skips building an unused TLS context (~60 ms a client).
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=False)
@@ -103,6 +113,7 @@ def make_env(**extra: str) -> dict[str, str]:
     env.update(
         TRACKHOUSE_PRIVATE_KEY=PRIVATE_KEY,
         TRACKHOUSE_PUBLIC_KEY=PUBLIC_KEY,
+        TRACKHOUSE_ADMIN_KEY=ADMIN_KEY,
         TRACKHOUSE_RATE_LIMITS="off",
     )
     env.update(extra)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trackhouse.api import admin, bulk, events, legacy, receipts
+from trackhouse.api import admin, bulk, events, legacy, profiles, receipts
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
@@ -36,6 +36,7 @@ ROUTES: list[Route] = [
     *_both("/api/track", legacy.track, ["GET", "POST"]),
     *_both("/api/identify", legacy.identify, ["GET", "POST"]),
     *_both("/api/event-receipts/{receipt_id}", receipts.get_receipt, ["GET"]),
+    *_both("/api/profiles/{profile_id}", profiles.get_profile, ["GET"]),
     Route("/admin/wait", admin.wait, methods=["POST"]),
     Route("/admin/reset", admin.reset, methods=["POST"]),
 ]

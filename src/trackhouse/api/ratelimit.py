@@ -25,7 +25,8 @@ class Limit:
 DEFAULT_LIMITS: dict[str, Limit] = {
     "create": Limit(350, 3500),  # POST /api/events, /client/events, legacy track/identify
     "bulk": Limit(10, 150),  # POST /api/event-bulk-create-jobs, /client/event-bulk-create
-    "job": Limit(350, 3500),  # GET /api/event-bulk-create-jobs/{id}
+    "job": Limit(350, 3500),  # GET /api/event-bulk-create-jobs/{id}, /api/event-receipts/{id}
+    "profile": Limit(75, 700),  # GET /api/profiles/{id}
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")

@@ -17,6 +17,7 @@ from trackhouse.store.sqlite import Outcome, event_id
 def outcome_json(o: Outcome) -> dict:
     return {
         "outcome": o.outcome,
+        "profile_id": o.profile_id,
         "event_id": None if o.event_rowid is None else event_id(o.event_rowid),
         "detail": o.detail,
     }

@@ -32,7 +32,7 @@ EVENTS_PER_ENTRY = 1000
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
-OutcomeRow = tuple[int, int, str, str | None, str | None, str, int | None, str | None]
+OutcomeRow = tuple[int, int, str, str | None, str | None, str, str | None, int | None, str | None]
 
 
 def _iso(seconds: float) -> str:
@@ -88,7 +88,7 @@ class Processor:
             conn.execute("BEGIN IMMEDIATE")
             outcomes = apply(entries)
             self.book.flush()
-            conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outcomes)
+            conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", outcomes)
             conn.execute(
                 "INSERT INTO positions VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -121,7 +121,9 @@ class Processor:
         for entry in entries:
             s = entry.submission
             for idx in range(max(1, len(s.events))):
-                rows.append(_row(entry.seq, idx, s, "rejected", None, f"internal error: {reason}"))
+                rows.append(
+                    _row(entry.seq, idx, s, "rejected", None, None, f"internal error: {reason}")
+                )
         return rows
 
     def _apply(self, seq: int, s: Submission) -> list[OutcomeRow]:
@@ -130,19 +132,19 @@ class Processor:
         profile = resolution.profile
         if profile is None:
             return [
-                _row(seq, idx, s, "rejected", None, resolution.rejected)
+                _row(seq, idx, s, "rejected", None, None, resolution.rejected)
                 for idx in range(max(1, len(s.events)))
             ]
         apply_attributes(profile, s.profile)
         notes = "; ".join(resolution.notes) or None
         if not s.events:  # identify: a profile change only
-            return [_row(seq, 0, s, "stored", None, notes)]
+            return [_row(seq, 0, s, "stored", profile.id, None, notes)]
         rows = []
         for idx, event in enumerate(s.events):
             metric_id = self._metric(s.account_id, event.metric, event.service, s.metric_cap)
             if metric_id is None:
                 reason = f"the account already has {s.metric_cap} metrics (the limit of this API)"
-                rows.append(_row(seq, idx, s, "rejected", None, reason))
+                rows.append(_row(seq, idx, s, "rejected", profile.id, None, reason))
                 continue
             key = event.unique_id if event.unique_id is not None else str(event.time)
             rowid = seq * EVENTS_PER_ENTRY + idx
@@ -163,7 +165,7 @@ class Processor:
                 ),
             )
             if cursor.rowcount == 1:
-                rows.append(_row(seq, idx, s, "stored", rowid, notes))
+                rows.append(_row(seq, idx, s, "stored", profile.id, rowid, notes))
                 last = _iso(event.time)
                 if profile.last_event_date is None or last > profile.last_event_date:
                     profile.last_event_date = last
@@ -178,7 +180,7 @@ class Processor:
                     f"{'unique_id' if event.unique_id is not None else 'time (no unique_id)'} "
                     f"{key[:64]!r}"
                 )
-                rows.append(_row(seq, idx, s, "deduplicated", first, detail))
+                rows.append(_row(seq, idx, s, "deduplicated", profile.id, first, detail))
         return rows
 
     def _metric(self, account_id: str, name: str, service: str, cap: int | None) -> str | None:
@@ -239,6 +241,12 @@ class Processor:
 
 
 def _row(
-    seq: int, idx: int, s: Submission, outcome: str, rowid: int | None, detail: str | None
+    seq: int,
+    idx: int,
+    s: Submission,
+    outcome: str,
+    profile_id: str | None,
+    rowid: int | None,
+    detail: str | None,
 ) -> OutcomeRow:
-    return (seq, idx, s.account_id, s.job_id, s.receipt_id, outcome, rowid, detail)
+    return (seq, idx, s.account_id, s.job_id, s.receipt_id, outcome, profile_id, rowid, detail)

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     job_id TEXT,
     receipt_id TEXT,
     outcome TEXT NOT NULL,         -- stored, deduplicated, rejected
+    profile_id TEXT,               -- the profile the submission resolved to
     event_rowid INTEGER,           -- the stored event, or the one a duplicate matched
     detail TEXT,                   -- why rejected, the dedup key, identifier conflicts
     PRIMARY KEY (seq, idx)
@@ -102,6 +103,7 @@ class Outcome:
     job_id: str | None
     receipt_id: str | None
     outcome: str
+    profile_id: str | None
     event_rowid: int | None
     detail: str | None
 
@@ -149,6 +151,13 @@ class SQLiteStore:
             (receipt_id, account_id),
         )
         return [Outcome(*r) for r in rows]
+
+    def profile(self, account_id: str, profile_id: str) -> bytes | None:
+        """A profile's stored document (process.profiles.Profile as JSON)."""
+        rows = self._all(
+            "SELECT doc FROM profiles WHERE id = ? AND account_id = ?", (profile_id, account_id)
+        )
+        return rows[0][0] if rows else None
 
     def counts(self, account_id: str) -> dict[str, int]:
         """How many events, profiles and metrics an account has (for tests and the CLI)."""
