@@ -34,12 +34,11 @@ from trackhouse.api.revision import (
 from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
 from trackhouse.log import BulkJob
 from trackhouse.model import Event, ProfileChange, Submission
-from trackhouse.store.sqlite import Outcome
+from trackhouse.store.sqlite import OUTCOMES, Outcome
 
 MAX_BODY = 5 * MB
 MAX_EVENTS = 1000
 JOB_TYPE = "event-bulk-create-job"
-OUTCOMES = ("stored", "deduplicated", "rejected")
 
 
 def parse_groups(

@@ -92,7 +92,7 @@ class ProfileBook:
         self.conn.executemany(
             "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (p.id, p.account_id, encode_profile(p), p.created, p.updated, p.last_event_date)
+                (p.id, p.account_id, encode_profile(p), p.created, p.updated, p.last_event_time)
                 for p in (self._profiles[pid] for pid in self._dirty)
             ],
         )

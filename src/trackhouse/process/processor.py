@@ -21,7 +21,7 @@ from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
 from trackhouse.process.profiles import apply_attributes
-from trackhouse.store.sqlite import SQLiteStore, event_id
+from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
 
 logger = logging.getLogger("trackhouse.process")
 
@@ -32,7 +32,8 @@ EVENTS_PER_ENTRY = 1000
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
-OutcomeRow = tuple[int, int, str, str | None, str | None, str, str | None, int | None, str | None]
+Result = tuple[str, int | None, str | None]  # outcome, event rowid, detail
+OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes]
 
 
 def _iso(seconds: float) -> str:
@@ -88,7 +89,7 @@ class Processor:
             conn.execute("BEGIN IMMEDIATE")
             outcomes = apply(entries)
             self.book.flush()
-            conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", outcomes)
+            conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?)", outcomes)
             conn.execute(
                 "INSERT INTO positions VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -111,45 +112,37 @@ class Processor:
     # -- one submission ------------------------------------------------------------------
 
     def _apply_all(self, entries: list[LogEntry]) -> list[OutcomeRow]:
-        outcomes: list[OutcomeRow] = []
-        for entry in entries:
-            outcomes += self._apply(entry.seq, entry.submission)
-        return outcomes
+        return [self._apply(entry.seq, entry.submission) for entry in entries]
 
     def _reject_all(self, entries: list[LogEntry], reason: str) -> list[OutcomeRow]:
-        rows = []
-        for entry in entries:
-            s = entry.submission
-            for idx in range(max(1, len(s.events))):
-                rows.append(
-                    _row(entry.seq, idx, s, "rejected", None, None, f"internal error: {reason}")
-                )
-        return rows
+        detail = f"internal error: {reason}"
+        return [
+            _row(e.seq, e.submission, None, [("rejected", None, detail)] * _slots(e.submission))
+            for e in entries
+        ]
 
-    def _apply(self, seq: int, s: Submission) -> list[OutcomeRow]:
-        now = _iso(s.received_at)
-        resolution = resolve_profile(self.book, s.account_id, s.profile, now)
+    def _apply(self, seq: int, s: Submission) -> OutcomeRow:
+        resolution = resolve_profile(self.book, s.account_id, s.profile, _iso(s.received_at))
         profile = resolution.profile
         if profile is None:
-            return [
-                _row(seq, idx, s, "rejected", None, None, resolution.rejected)
-                for idx in range(max(1, len(s.events)))
-            ]
+            return _row(seq, s, None, [("rejected", None, resolution.rejected)] * _slots(s))
         apply_attributes(profile, s.profile)
         notes = "; ".join(resolution.notes) or None
         if not s.events:  # identify: a profile change only
-            return [_row(seq, 0, s, "stored", profile.id, None, notes)]
+            return _row(seq, s, profile.id, [("stored", None, notes)])
+
+        results: list[Result] = []
         rows = []
+        keys = []
         for idx, event in enumerate(s.events):
             metric_id = self._metric(s.account_id, event.metric, event.service, s.metric_cap)
             if metric_id is None:
                 reason = f"the account already has {s.metric_cap} metrics (the limit of this API)"
-                rows.append(_row(seq, idx, s, "rejected", profile.id, None, reason))
+                results.append(("rejected", None, reason))
                 continue
             key = event.unique_id if event.unique_id is not None else str(event.time)
             rowid = seq * EVENTS_PER_ENTRY + idx
-            cursor = self.conn.execute(
-                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.append(
                 (
                     rowid,
                     s.account_id,
@@ -162,26 +155,55 @@ class Processor:
                     event.backfill,
                     _json.encode(event.properties),
                     s.received_at,
-                ),
-            )
-            if cursor.rowcount == 1:
-                rows.append(_row(seq, idx, s, "stored", profile.id, rowid, notes))
-                last = _iso(event.time)
-                if profile.last_event_date is None or last > profile.last_event_date:
-                    profile.last_event_date = last
-            else:
-                (first,) = self.conn.execute(
-                    "SELECT rowid FROM events WHERE account_id = ? AND profile_id = ?"
-                    " AND metric_id = ? AND dedup_key = ?",
-                    (s.account_id, profile.id, metric_id, key),
-                ).fetchone()
-                detail = (
-                    f"duplicate of event {event_id(first)}: same profile, metric and "
-                    f"{'unique_id' if event.unique_id is not None else 'time (no unique_id)'} "
-                    f"{key[:64]!r}"
                 )
-                rows.append(_row(seq, idx, s, "deduplicated", profile.id, first, detail))
-        return rows
+            )
+            keys.append((metric_id, key, event.unique_id is not None))
+            results.append(("stored", rowid, notes))  # until the insert says otherwise
+        # The dedup index refuses a repeated (account, profile, metric, key): the first
+        # processed wins. Usually every row goes in, and one executemany is enough to know.
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+        if self.conn.total_changes - before != len(rows):
+            self._mark_duplicates(s.account_id, profile.id, rows, keys, results)
+        newest = max(
+            (e.time for e, r in zip(s.events, results, strict=True) if r[0] == "stored"),
+            default=None,
+        )
+        if newest is not None and (profile.last_event_time or 0) < newest:
+            profile.last_event_time = newest
+        return _row(seq, s, profile.id, results)
+
+    def _mark_duplicates(
+        self,
+        account_id: str,
+        profile_id: str,
+        rows: list[tuple],
+        keys: list[tuple[str, str, bool]],
+        results: list[Result],
+    ) -> None:
+        """Find which of `rows` the dedup index refused, and the event each one repeats."""
+        first_rowid, last_rowid = rows[0][0], rows[-1][0]
+        inserted = {
+            r
+            for (r,) in self.conn.execute(
+                "SELECT rowid FROM events WHERE rowid BETWEEN ? AND ?", (first_rowid, last_rowid)
+            )
+        }
+        by_rowid = {row[0]: n for n, row in enumerate(rows)}
+        for idx, (outcome, rowid, _) in enumerate(results):
+            if outcome != "stored" or rowid in inserted:
+                continue
+            metric_id, key, explicit = keys[by_rowid[rowid]]
+            (first,) = self.conn.execute(
+                "SELECT rowid FROM events WHERE account_id = ? AND profile_id = ?"
+                " AND metric_id = ? AND dedup_key = ?",
+                (account_id, profile_id, metric_id, key),
+            ).fetchone()
+            what = "unique_id" if explicit else "time (no unique_id)"
+            detail = f"duplicate of event {event_id(first)}: same profile, metric and {what}"
+            results[idx] = ("deduplicated", first, f"{detail} {key[:64]!r}")
 
     def _metric(self, account_id: str, name: str, service: str, cap: int | None) -> str | None:
         """The metric's id, created on first use; None when `cap` forbids a new one."""
@@ -240,13 +262,10 @@ class Processor:
         self.conn.close()
 
 
-def _row(
-    seq: int,
-    idx: int,
-    s: Submission,
-    outcome: str,
-    profile_id: str | None,
-    rowid: int | None,
-    detail: str | None,
-) -> OutcomeRow:
-    return (seq, idx, s.account_id, s.job_id, s.receipt_id, outcome, profile_id, rowid, detail)
+def _slots(s: Submission) -> int:
+    """How many outcomes a submission has: one per event, or one for a profile-only change."""
+    return max(1, len(s.events))
+
+
+def _row(seq: int, s: Submission, profile_id: str | None, results: list[Result]) -> OutcomeRow:
+    return (seq, s.account_id, s.job_id, s.receipt_id, profile_id, pack_results(results))

@@ -25,7 +25,7 @@ class Profile(msgspec.Struct, kw_only=True):
     properties: dict[str, Any] = {}
     created: str
     updated: str
-    last_event_date: str | None = None
+    last_event_time: int | None = None  # unix seconds of the newest stored event
 
 
 _encoder = msgspec.json.Encoder()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from trackhouse.process.profiles import decode_profile
@@ -38,7 +39,9 @@ def profile_resource(store: SQLiteStore, account_id: str, profile_id: str) -> di
     attributes |= {
         "created": p.created,
         "updated": p.updated,
-        "last_event_date": p.last_event_date,
+        "last_event_date": None
+        if p.last_event_time is None
+        else datetime.fromtimestamp(p.last_event_time, UTC).isoformat(),
         "location": {name: p.location.get(name) for name in LOCATION_FIELDS},
         "properties": p.properties,
         # Multi-Email Profiles (meta.patch_identifiers): the addresses besides `email`.

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
     name TEXT PRIMARY KEY,
@@ -24,7 +26,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     doc BLOB NOT NULL,             -- JSON of process.profiles.Profile
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
-    last_event_date TEXT
+    last_event_time INTEGER
 );
 CREATE TABLE IF NOT EXISTS identifiers (
     account_id TEXT NOT NULL,
@@ -56,18 +58,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_dedup
     ON events (account_id, profile_id, metric_id, dedup_key);
+-- One row per log entry (a bulk group, a single create, an identify): one row per event
+-- would cost as much as the event itself, so the entry's per-event outcomes are packed.
 CREATE TABLE IF NOT EXISTS outcomes (
-    seq INTEGER NOT NULL,
-    idx INTEGER NOT NULL,          -- event index in the submission (0 for a profile-only one)
+    seq INTEGER PRIMARY KEY,       -- the log entry
     account_id TEXT NOT NULL,
     job_id TEXT,
     receipt_id TEXT,
-    outcome TEXT NOT NULL,         -- stored, deduplicated, rejected
     profile_id TEXT,               -- the profile the submission resolved to
-    event_rowid INTEGER,           -- the stored event, or the one a duplicate matched
-    detail TEXT,                   -- why rejected, the dedup key, identifier conflicts
-    PRIMARY KEY (seq, idx)
-) WITHOUT ROWID;
+    results BLOB NOT NULL          -- msgpack [[outcome, event rowid, detail], ...] by event
+);
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
@@ -95,17 +95,35 @@ def event_rowid(event_id: str) -> int | None:
     return value
 
 
+OUTCOMES = ("stored", "deduplicated", "rejected")
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """What became of one event (or of a profile-only submission, as index 0)."""
+
     seq: int
     idx: int
-    account_id: str
-    job_id: str | None
-    receipt_id: str | None
-    outcome: str
+    outcome: str  # stored, deduplicated, rejected
     profile_id: str | None
-    event_rowid: int | None
-    detail: str | None
+    event_rowid: int | None  # the stored event, or the one a duplicate matched
+    detail: str | None  # why rejected, the dedup key, identifier conflicts
+
+
+def pack_results(results: list[tuple[str, int | None, str | None]]) -> bytes:
+    return _pack(results)
+
+
+def _unpack_rows(rows: list[tuple]) -> list[Outcome]:
+    return [
+        Outcome(seq, idx, outcome, profile_id, rowid, detail)
+        for seq, profile_id, blob in rows
+        for idx, (outcome, rowid, detail) in enumerate(_unpack(blob))
+    ]
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[str, int | None, str | None]]).decode
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -140,17 +158,27 @@ class SQLiteStore:
 
     def job_outcomes(self, account_id: str, job_id: str) -> list[Outcome]:
         rows = self._all(
-            "SELECT * FROM outcomes WHERE job_id = ? AND account_id = ? ORDER BY seq, idx",
+            "SELECT seq, profile_id, results FROM outcomes"
+            " WHERE job_id = ? AND account_id = ? ORDER BY seq",
             (job_id, account_id),
         )
-        return [Outcome(*r) for r in rows]
+        return _unpack_rows(rows)
 
     def receipt_outcomes(self, account_id: str, receipt_id: str) -> list[Outcome]:
         rows = self._all(
-            "SELECT * FROM outcomes WHERE receipt_id = ? AND account_id = ? ORDER BY idx",
+            "SELECT seq, profile_id, results FROM outcomes WHERE receipt_id = ? AND account_id = ?",
             (receipt_id, account_id),
         )
-        return [Outcome(*r) for r in rows]
+        return _unpack_rows(rows)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Events per outcome over the whole store (tests and benchmarks)."""
+        counts = dict.fromkeys(OUTCOMES, 0)
+        with self._lock:
+            for (blob,) in self._conn.execute("SELECT results FROM outcomes"):
+                for outcome, _, _ in _unpack(blob):
+                    counts[outcome] += 1
+        return counts
 
     def profile(self, account_id: str, profile_id: str) -> bytes | None:
         """A profile's stored document (process.profiles.Profile as JSON)."""
