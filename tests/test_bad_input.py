@@ -785,3 +785,13 @@ def test_server_still_accepts_good_requests_after_hostile_input(server, api):
     assert server.receipt(response.headers["Trackhouse-Receipt"]).profile.email == (
         "after.all@trackhouse-tests.dev"
     )
+
+
+@pytest.mark.parametrize("trailer", [b"junk", gzip.compress(b'{"data": 1}')])
+def test_data_after_the_gzip_stream_is_a_400(server, api, trailer):
+    before = len(server.log_entries())
+    body = gzip.compress(json.dumps(event_body()).encode()) + trailer
+    response = api.post(EVENTS, content=body, headers={"Content-Encoding": "gzip"})
+    error = single_error(response, 400)
+    assert "after the end of its gzip stream" in error["detail"]
+    assert len(server.log_entries()) == before

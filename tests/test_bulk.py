@@ -161,3 +161,17 @@ def test_client_bulk_create_is_one_group_with_the_public_key(server):
         # A private key is not a public key.
         r = c.post(f"/client/event-bulk-create?company_id={PRIVATE_KEY}", json=body)
         assert single_error(r, 401)["code"] == "not_authenticated"
+
+
+def test_repeated_unique_id_is_found_through_any_shared_identifier(api):
+    body = bulk_body(
+        [
+            ({"email": "shared@klaviyo-demo.com"}, [bulk_event(unique_id="u1")]),
+            (
+                {"external_id": "ext-shared", "email": "shared@klaviyo-demo.com"},
+                [bulk_event(unique_id="u1")],
+            ),
+        ]
+    )
+    error = single_error(post(api, body, "2025-01-15"), 400)
+    assert error["source"]["pointer"] == f"{GROUPS}/1/attributes/events/data/0/attributes/unique_id"

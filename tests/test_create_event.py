@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NEWEST, PUBLIC_KEY, event_body, single_error
+from conftest import NEWEST, PRIVATE_KEY, PUBLIC_KEY, event_body, single_error
 
 META_IN_ATTRIBUTES = {
     "email": "sarah.mason@klaviyo-demo.com",
@@ -184,8 +184,6 @@ def test_profile_meta_beside_attributes_before_2024_02_15_inside_until_2026_10_1
     assert error["source"]["pointer"] == "/data/attributes/profile/data/meta"
     # 2026-10-15 (what klaviyo-api 25 sends) has it beside again, as in bulk.
     assert logged(api, server, beside, revision="2026-10-15").profile.unset == ["old"]
-    error = single_error(post(api, inside, revision="2026-10-15"), 400)
-    assert error["source"]["pointer"] == "/data/attributes/profile/data/attributes/meta"
 
 
 def test_value_currency_from_2024_02_15(api, server):
@@ -385,3 +383,58 @@ def test_client_events_use_the_public_key_and_cannot_change_identifiers(server):
         assert error["code"] == "not_authenticated"
         error = single_error(c.post("/client/events", json=event_body()), 400)
         assert error["source"] == {"parameter": "company_id"}
+
+
+def test_from_2026_10_15_profile_meta_is_taken_beside_or_inside_but_not_both(api, server):
+    inside = event_body(profile_attributes=META_IN_ATTRIBUTES)
+    assert logged(api, server, inside, revision="2026-10-15").profile.append == {"skus": "92538"}
+    both = event_body(profile_attributes=META_IN_ATTRIBUTES)
+    both["data"]["attributes"]["profile"]["data"]["meta"] = META_IN_ATTRIBUTES["meta"]
+    error = single_error(post(api, both, revision="2026-10-15"), 400)
+    assert error["source"]["pointer"] == "/data/attributes/profile/data/attributes/meta"
+
+
+def test_unset_list_is_limited_to_4000_keys(api):
+    attrs = {
+        "email": "unset@klaviyo-demo.com",
+        "meta": {"patch_properties": {"unset": [f"k{i}" for i in range(4001)]}},
+    }
+    error = single_error(post(api, event_body(profile_attributes=attrs)), 400)
+    assert error["source"]["pointer"].endswith("/meta/patch_properties/unset")
+
+
+def test_overlong_phone_number_is_refused_without_parsing(api):
+    body = event_body(profile_attributes={"phone_number": "+1" + "2" * 100_000})
+    error = single_error(post(api, body), 400)
+    assert error["source"]["pointer"] == "/data/attributes/profile/data/attributes/phone_number"
+
+
+def test_emails_at_reserved_test_domains_are_accepted(api, server):
+    assert logged(api, server, event_body(email="dev@shop.test")).profile.email == "dev@shop.test"
+
+
+def test_flat_profile_errors_point_at_the_dollar_field(api):
+    body = {
+        "data": {
+            "type": "event",
+            "attributes": {
+                "profile": {"$email": "a@klaviyo-demo.com", "$first_name": "x" * 200_000},
+                "metric": {"name": "M"},
+                "properties": {},
+            },
+        }
+    }
+    error = single_error(post(api, body, revision="2023-01-24"), 400)
+    assert error["source"]["pointer"] == "/data/attributes/profile/$first_name"
+    body["data"]["attributes"]["profile"] = {"$email": "a@klaviyo-demo.com", "x/y": ["z" * 200_000]}
+    error = single_error(post(api, body, revision="2023-01-24"), 400)
+    assert error["source"]["pointer"] == "/data/attributes/profile/x~1y/0"
+
+
+def test_rate_limit_headers_are_on_errors_too(start_server):
+    server = start_server(TRACKHOUSE_RATE_LIMITS="on")
+    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision=NEWEST) as c:
+        r = c.post("/api/events", json=event_body(email="bad"))
+        assert r.status_code == 400
+        assert r.headers["RateLimit-Limit"] == "3500"
+        assert int(r.headers["RateLimit-Remaining"]) == 3499

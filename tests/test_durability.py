@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import NEWEST, PRIVATE_KEY, bulk_body, bulk_event, event_body
 
 from trackhouse.log import LogUnavailable
@@ -127,3 +128,24 @@ def test_first_start_creates_an_account_and_prints_its_keys(tmp_path: Path):
         check=True,
     )
     assert public in again.stdout and private not in again.stdout
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_log_writer_refuses_appends_instead_of_hanging(tmp_path: Path):
+    log = SQLiteLog(tmp_path / "log.sqlite3")
+
+    def broken(batch):
+        raise MemoryError("simulated")
+
+    log._commit = broken  # an error no commit path expects
+
+    async def scenario() -> None:
+        for _ in range(2):  # the first kills the writer; the second must not wait for it
+            try:
+                await asyncio.wait_for(log.append([_submission(1)]), timeout=5)
+            except LogUnavailable:
+                continue
+            raise AssertionError("append succeeded with a broken writer")
+
+    asyncio.run(scenario())
+    log.close()

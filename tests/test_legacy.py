@@ -510,3 +510,25 @@ def test_track_event_id_must_be_a_string_or_number(server, legacy, event_id):
     # Otherwise the dedup key is a Python repr such as "{'order': 1}" or "True".
     payload = track_payload(properties={"$event_id": event_id})
     refused(server, lambda: legacy.get(TRACK, params={"data": b64(payload)}), "$event_id")
+
+
+def test_refusal_reason_header_is_printable_ascii_whatever_the_keys(server, legacy):
+    for key in ("ключ", "a\r\nInjected: yes"):
+        payload = track_payload(properties={key: "x" * 200_000})
+        send = lambda p=payload: legacy.post(TRACK, data={"data": json.dumps(p)})  # noqa: E731
+        r = refused(server, send, "100 KB")
+        assert r.headers["Trackhouse-Error"].isascii()
+        assert "Injected" not in r.headers or r.headers.get("Injected") is None
+
+
+@pytest.mark.parametrize("value", [10**400, True])
+def test_track_value_huge_or_boolean_is_refused(server, legacy, value):
+    payload = track_payload(properties={"$value": value})
+    refused(server, lambda: legacy.get(TRACK, params={"data": b64(payload)}), "$value must be")
+
+
+def test_flat_profile_larger_than_95_kb_is_refused(server, legacy):
+    payload = track_payload(
+        customer_properties={"$email": email("big"), "a": "x" * 60_000, "b": "y" * 40_000}
+    )
+    refused(server, lambda: legacy.post(TRACK, data={"data": json.dumps(payload)}), "95 KB")

@@ -38,7 +38,10 @@ def event_log(request: Request) -> EventLog:
 
 def rate_limit(request: Request, account_id: str, endpoint_class: str) -> dict[str, str]:
     limiter: RateLimiter | None = request.app.state.limiter
-    return {} if limiter is None else limiter.hit(account_id, endpoint_class)
+    headers = {} if limiter is None else limiter.hit(account_id, endpoint_class)
+    # Kept for the error handler: a counted request that then fails still reports its window.
+    request.state.ratelimit_headers = headers
+    return headers
 
 
 def identify_caller(

@@ -48,6 +48,9 @@ def error_response(error: APIError) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    counted = getattr(request.state, "ratelimit_headers", None)
+    if counted and exc.status != 429:
+        exc.headers = counted | exc.headers
     return error_response(exc)
 
 

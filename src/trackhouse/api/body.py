@@ -44,7 +44,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             declared = int(length)
         except ValueError:
             raise invalid("Invalid Content-Length header.") from None
-        if not gzipped and declared > limit:
+        if declared > limit:  # gzip data larger than the inflated limit is too large as well
             raise _too_large(limit)
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if gzipped else None
     chunks: list[bytes] = []
@@ -79,6 +79,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(tail)
         if not inflater.eof:
             raise invalid("The request body is truncated gzip data.")
+        if inflater.unused_data:
+            raise invalid("The request body has data after the end of its gzip stream.")
     return b"".join(chunks)
 
 

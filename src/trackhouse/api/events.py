@@ -29,7 +29,7 @@ def parse_create_event(body: bytes, caller: Caller, received_at: float, source: 
             attrs.profile.data,
             where + "/profile/data",
             rules,
-            meta_in_attributes=rules.profile_meta_in_attributes,
+            meta_places=rules.profile_meta_places,
             from_client=source == "client",
         )
         event = translate.jsonapi_event(attrs, where, rules, now)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from trackhouse.api import limits, translate
 from trackhouse.api.accept import accounts, append, rate_limit
-from trackhouse.api.body import MB, decode_any_json, read_body
+from trackhouse.api.body import JSON_TYPES, MB, decode_any_json, read_body
 from trackhouse.api.errors import APIError
 from trackhouse.api.revision import OLDEST_SERVED, rules_for
 from trackhouse.model import Event, Submission
@@ -43,8 +43,14 @@ def _answer(request: Request, ok: bool, status: int = 200, **headers: str) -> Re
     return Response(b"1" if ok else b"0", status, headers, media_type="text/html")
 
 
+def _header_text(text: str) -> str:
+    """Printable ASCII only: the reason may quote keys the client chose."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+
+
 def _refused(request: Request, reason: str) -> Response:
-    return _answer(request, False, **{"Trackhouse-Error": reason[:200]})
+    return _answer(request, False, **{"Trackhouse-Error": _header_text(reason)})
 
 
 def decode_data(data: str) -> dict[str, Any]:
@@ -88,9 +94,11 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
     value = properties.pop("$value", None)
     limits.check_event_properties(properties, "/properties", RULES.max_event_properties)
     if value is not None:
+        if isinstance(value, bool):
+            raise Refused("$value must be a number")
         try:
             value = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise Refused("$value must be a number") from None
         if not math.isfinite(value):
             raise Refused("$value must be a finite number")
@@ -143,7 +151,7 @@ async def _handle(request: Request, kind: str) -> Response:
         else:
             body = await read_body(request, MAX_BODY)
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media in ("application/json", "application/vnd.api+json"):
+            if media in JSON_TYPES:
                 data = body.decode("utf-8", errors="strict")
             else:
                 text = body.decode("utf-8", errors="strict")
@@ -173,7 +181,9 @@ async def _handle(request: Request, kind: str) -> Response:
         # 200; throttling, oversize and storage errors keep their status and Retry-After.
         status = 200 if exc.status == 400 else exc.status
         reason = f"{exc.detail} ({exc.pointer})" if exc.pointer else exc.detail
-        return _answer(request, False, status, **exc.headers, **{"Trackhouse-Error": reason[:200]})
+        return _answer(
+            request, False, status, **exc.headers, **{"Trackhouse-Error": _header_text(reason)}
+        )
     return _answer(request, True, **headers)
 
 

@@ -128,7 +128,9 @@ def check_event_time(moment: datetime, min_year: int, where: str) -> int:
 @lru_cache(maxsize=65536)
 def _email_ok(email: str) -> str | None:
     try:
-        email_validator.validate_email(email, check_deliverability=False)
+        # test_environment: addresses at test domains are accepted, never silently dropped
+        # (design.md, Decisions); deliverability is not ours to check.
+        email_validator.validate_email(email, check_deliverability=False, test_environment=True)
     except email_validator.EmailNotValidError as exc:
         return str(exc)
     return None
@@ -160,7 +162,9 @@ _PHONE_CHARS = re.compile(r"^\+[0-9 ().-]+$")
 
 
 def check_phone(phone: str, where: str) -> str:
-    e164 = _phone_e164(phone.strip()) if _PHONE_CHARS.match(phone.strip()) else None
+    phone = phone.strip()
+    # E.164 has at most 15 digits; the length check keeps junk out of the cache.
+    e164 = _phone_e164(phone) if len(phone) <= 32 and _PHONE_CHARS.match(phone) else None
     if e164 is None:
         raise invalid(
             "Invalid phone number format (Example of a valid format: +12345678901)", where

@@ -22,11 +22,11 @@ class RevisionRules:
     # 2023-07-15 "relationships standardization": metric and profile become JSON:API
     # sub-documents; before, `profile` is a flat object of `$`-fields and `metric` is flat.
     jsonapi_relationships: bool
-    # 2024-02-15: `value_currency`; create-event profile `meta` moves inside `attributes`,
-    # and back beside them in 2026-10-15 (the shape of the official SDKs generated for it,
-    # klaviyo-api 25 on PyPI; no 2026-10-15 spec is in klaviyo-openapi/ yet).
+    # 2024-02-15: `value_currency`; create-event profile `meta` moves inside `attributes`.
+    # From 2026-10-15 the official SDKs (klaviyo-api 25 on PyPI) send it beside them, as bulk
+    # does, while the newest spec we have (2026-07-15) has it inside: we take either.
     value_currency: bool
-    profile_meta_in_attributes: bool
+    profile_meta_places: tuple[str, ...]
     # 2025-01-15: a unique_id repeated for one profile+metric in a bulk request fails it whole.
     bulk_repeated_unique_id_fails: bool
     # 2025-04-15: 400 event properties (300 before).
@@ -45,7 +45,11 @@ def rules_for(day: date, label: str) -> RevisionRules:
         revision=label,
         jsonapi_relationships=day >= date(2023, 7, 15),
         value_currency=day >= date(2024, 2, 15),
-        profile_meta_in_attributes=date(2024, 2, 15) <= day < date(2026, 10, 15),
+        profile_meta_places=("beside",)
+        if day < date(2024, 2, 15)
+        else ("inside",)
+        if day < date(2026, 10, 15)
+        else ("inside", "beside"),
         bulk_repeated_unique_id_fails=day >= date(2025, 1, 15),
         max_event_properties=400 if day >= date(2025, 4, 15) else 300,
         backfill=day >= date(2026, 4, 15),

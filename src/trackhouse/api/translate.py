@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET
 
 from trackhouse.api import limits
-from trackhouse.api.errors import invalid
+from trackhouse.api.errors import APIError, invalid, pointer
 from trackhouse.api.revision import RevisionRules
 from trackhouse.api.wire import (
     BulkEventAttributes,
@@ -29,7 +29,7 @@ PROFILE_ATTRIBUTES = ("first_name", "last_name", "organization", "title", "local
 IDENTIFIER_NAMES = "id, email, phone_number, external_id, anonymous_id or _kx"
 
 
-def not_valid_field(field: str, resource: str, where: str) -> Exception:
+def not_valid_field(field: str, resource: str, where: str) -> APIError:
     return invalid(f"'{field}' is not a valid field for the resource '{resource}'.", where)
 
 
@@ -41,21 +41,25 @@ def jsonapi_profile(
     where: str,
     rules: RevisionRules,
     *,
-    meta_in_attributes: bool,
+    meta_places: tuple[str, ...],
     from_client: bool,
 ) -> ProfileChange:
-    """A JSON:API profile sub-document (`where` points at its `data`)."""
+    """A JSON:API profile sub-document (`where` points at its `data`). `meta_places` says
+    where this revision and endpoint take the profile's `meta`: "inside" its attributes,
+    "beside" them, or either (but not both)."""
     attrs = data.attributes
     at = where + "/attributes"
-    if meta_in_attributes:
-        if data.meta is not UNSET:
-            raise not_valid_field("meta", "profile", where + "/meta")
-        meta = attrs.meta
-    else:
-        if attrs.meta is not UNSET:
-            raise not_valid_field("meta", "profile", at + "/meta")
-        meta = data.meta
-    meta_at = (at if meta_in_attributes else where) + "/meta"
+    if attrs.meta is not UNSET and "inside" not in meta_places:
+        raise not_valid_field("meta", "profile", at + "/meta")
+    if data.meta is not UNSET and "beside" not in meta_places:
+        raise not_valid_field("meta", "profile", where + "/meta")
+    if attrs.meta is not UNSET and data.meta is not UNSET:
+        raise invalid(
+            "Give the profile's meta once, beside or inside its attributes.", at + "/meta"
+        )
+    meta, meta_at = (
+        (attrs.meta, at + "/meta") if attrs.meta is not UNSET else (data.meta, where + "/meta")
+    )
 
     change = ProfileChange(
         id=data.id or None,
@@ -78,7 +82,7 @@ def jsonapi_profile(
     if not change.identifiers():
         raise invalid(f"The profile must contain at least one identifier ({IDENTIFIER_NAMES}).", at)
     for name, value in change.identifiers().items():
-        limits.check_string(value, f"{at}/{name}")
+        limits.check_string(value, where + "/id" if name == "id" else f"{at}/{name}")
     for name, value in change.attributes.items():
         limits.check_string(value, f"{at}/{name}")
     limits.check_json(change.properties, at + "/properties")
@@ -104,6 +108,7 @@ def _apply_meta(change: ProfileChange, meta: ProfileMeta, where: str, rules: Rev
             change.unappend = patch.unappend
         if patch.unset:
             change.unset = [patch.unset] if isinstance(patch.unset, str) else patch.unset
+            limits.check_json(change.unset, where + "/patch_properties/unset")
     if meta.patch_identifiers is UNSET:
         return
     if not rules.patch_identifiers:
@@ -150,14 +155,14 @@ def dollar_profile(fields: dict[str, Any], where: str, *, from_client: bool) -> 
     change = ProfileChange(may_change_identifiers=not from_client)
     properties: dict[str, Any] = {}
     for key, value in fields.items():
-        at = f"{where}/{key}"
+        at = where + pointer(key)
+        limits.check_json(value, at)
         if key in DOLLAR_IDENTIFIERS:
             if value is None or value == "":
                 continue
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise invalid(f"'{key}' must be a string.", at)
             value = str(value)
-            limits.check_string(value, at)
             if key == "$email":
                 value = limits.check_email(value, at)
             elif key == "$phone_number":
@@ -171,14 +176,13 @@ def dollar_profile(fields: dict[str, Any], where: str, *, from_client: bool) -> 
                 change.location[DOLLAR_LOCATION[key]] = value
         else:
             properties[key] = value
-    limits.check_json(change.attributes, where)
-    limits.check_json(change.location, where)
-    limits.check_json(properties, where)
     change.properties = properties
     if not change.identifiers():
         raise invalid(
             "The profile must contain an identifier such as $email or $phone_number.", where
         )
+    if len(msgspec.json.encode(fields)) > limits.MAX_PROFILE_BYTES:
+        raise invalid("The profile object cannot be larger than 95 KB.", where)
     return change
 
 
@@ -243,7 +247,7 @@ def bulk_group(
         attrs.profile.data,
         at + "/profile/data",
         rules,
-        meta_in_attributes=False,
+        meta_places=("beside",),
         from_client=from_client,
     )
     if not attrs.events.data:
@@ -259,19 +263,21 @@ def bulk_group(
 def check_repeated_unique_ids(
     groups: list[tuple[ProfileChange, list[Event]]], wheres: list[str]
 ) -> None:
-    """2025-01-15 on: a unique_id repeated for one profile+metric fails the whole request."""
-    seen: dict[tuple[tuple[str, str], str, str], None] = {}
+    """2025-01-15 on: a unique_id repeated for one profile+metric fails the whole request.
+
+    Two groups are taken to be one profile when they share any identifier."""
+    seen: set[tuple[str, str, str, str]] = set()
     for g, (profile, events) in enumerate(groups):
-        who = next(iter(profile.identifiers().items()))
+        who = profile.identifiers().items()
         for i, event in enumerate(events):
             if event.unique_id is None:
                 continue
-            key = (who, event.metric, event.unique_id)
-            if key in seen:
+            keys = {(kind, value, event.metric, event.unique_id) for kind, value in who}
+            if keys & seen:
                 raise invalid(
                     f"unique_id '{event.unique_id[:64]}' is repeated for the same profile and "
                     f"metric '{event.metric[:64]}'; the request failed and no events were "
                     "processed.",
                     f"{wheres[g]}/attributes/events/data/{i}/attributes/unique_id",
                 )
-            seen[key] = None
+            seen |= keys

@@ -62,6 +62,12 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
+def _wake(pending: _Pending, error: BaseException | None) -> None:
+    # RuntimeError: that event loop is closed, so nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        pending.loop.call_soon_threadsafe(_resolve, pending.future, error)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -105,22 +111,33 @@ class SQLiteLog:
         await pending.future
 
     def _run(self) -> None:
-        while True:
+        batch: list[_Pending] = []
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    batch = list(self._queue)
+                    self._queue.clear()
+                error = self._commit(batch)
+                if error is None:
+                    for listener in self._listeners:
+                        listener()
+                with self._cond:
+                    self._pending_bytes -= sum(p.size for p in batch)
+                for p in batch:
+                    _wake(p, error)
+                batch = []
+        finally:
+            # However the writer ends, nobody is left waiting and nothing new is accepted.
             with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch = list(self._queue)
+                self._closing = True
+                left = batch + list(self._queue)
                 self._queue.clear()
-            error = self._commit(batch)
-            if error is None:
-                for listener in self._listeners:
-                    listener()
-            with self._cond:
-                self._pending_bytes -= sum(p.size for p in batch)
-            for p in batch:
-                p.loop.call_soon_threadsafe(_resolve, p.future, error)
+            for p in left:
+                _wake(p, LogUnavailable("the log writer stopped"))
 
     def _commit(self, batch: list[_Pending]) -> BaseException | None:
         conn = self._writer
@@ -139,7 +156,7 @@ class SQLiteLog:
                     p.rows,
                 )
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # disk full, read-only, locked, … : nothing was written
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")

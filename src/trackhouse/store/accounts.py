@@ -210,7 +210,7 @@ class AccountStore:
             self._cache.pop(digest, None)
             return None
         key = _key_from_row(row)
-        if len(self._cache) > 10_000:  # bound memory against key-guessing floods
+        if len(self._cache) > 10_000:  # bound memory, whatever the number of keys
             self._cache.clear()
         self._cache[digest] = (now, key)
         return key
