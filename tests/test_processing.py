@@ -424,3 +424,106 @@ def test_reset_deletes_the_account_data(start_server):
         assert single_error(api.get(f"/api/profiles/{outcome['profile_id']}"), 404)
         again = only_outcome(api, server, send(api, event_body(metric="After reset")))
         assert again["outcome"] == "stored" and again["profile_id"] != outcome["profile_id"]
+
+
+def test_reset_while_events_arrive_leaves_no_event_without_an_answer(start_server):
+    import threading
+
+    server = start_server()
+    receipts: list[str] = []
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        with server.client(**AUTH) as c:
+            n = 0
+            while not stop.is_set():
+                body = event_body(email=f"r{n}@klaviyo-demo.com")
+                r = c.post("/api/events", json=body)
+                assert r.status_code == 202
+                receipts.append(r.headers["Trackhouse-Receipt"])
+                n += 1
+
+    senders = [threading.Thread(target=keep_sending) for _ in range(3)]
+    for t in senders:
+        t.start()
+    try:
+        for _ in range(3):
+            r = httpx.post(
+                f"{server.url}/admin/reset",
+                headers={"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+    finally:
+        stop.set()
+        for t in senders:
+            t.join()
+    server.settle()
+    with server.client(**AUTH) as api:
+        statuses = []
+        for receipt in receipts:
+            r = api.get(f"/api/event-receipts/{receipt}")
+            statuses.append(
+                r.json()["data"]["attributes"]["status"] if r.status_code == 200 else 404
+            )
+    # Before a reset: gone (404). After it: processed. Never stuck "queued".
+    assert "queued" not in statuses
+    assert statuses.count("processed") > 0
+
+
+def test_job_pointers_name_the_group_across_batches(api, server):
+    groups = [
+        ({"email": f"g{i}.{uuid.uuid4().hex[:6]}@klaviyo-demo.com"}, [bulk_event()])
+        for i in range(600)
+    ]
+    body = bulk_body(groups)
+    body["data"]["attributes"]["events-bulk-create"]["data"][550]["attributes"]["profile"][
+        "data"
+    ] = {
+        "type": "profile",
+        "id": "01GDDKASAP8TKDDA2GRZDSVP4H",
+        "attributes": {},
+    }
+    r = api.post("/api/event-bulk-create-jobs", json=body)
+    assert r.status_code == 202
+    server.settle()
+    status = api.get(f"/api/event-bulk-create-jobs/{r.json()['data']['id']}").json()["data"]
+    (rejected,) = status["attributes"]["rejected_events"]
+    assert (
+        rejected["pointer"]
+        == "/data/attributes/events-bulk-create/data/550/attributes/events/data/0"
+    )
+    assert status["attributes"]["outcomes"] == {"stored": 599, "deduplicated": 0, "rejected": 1}
+
+
+def test_client_endpoints_cannot_remove_secondary_emails(api, server):
+    primary, second = unique_email(), unique_email()
+    body = event_body(profile_attributes={"email": primary})
+    body["data"]["attributes"]["profile"]["data"]["meta"] = {
+        "patch_identifiers": {"append": {"email": [second]}}
+    }
+    first = only_outcome(api, server, send(api, body))
+    body["data"]["attributes"]["profile"]["data"]["meta"] = {
+        "patch_identifiers": {"unappend": {"email": [second]}}
+    }
+    body["data"]["attributes"]["metric"]["data"]["attributes"]["name"] = "Client remove"
+    client = only_outcome(
+        api, server, send(api, body, path=f"/client/events?company_id={PUBLIC_KEY}")
+    )
+    assert "client endpoints cannot remove" in client["detail"]
+    assert profile(api, first["profile_id"])["secondary_emails"] == [second]
+
+
+def test_a_duplicate_still_reports_identifier_conflicts(api, server):
+    email_a, email_b = unique_email(), unique_email()
+    phone = "+1415555" + str(uuid.uuid4().int)[:4]
+    only_outcome(api, server, send(api, event_body(email=email_a, unique_id="x")))
+    only_outcome(
+        api,
+        server,
+        send(api, event_body(profile_attributes={"email": email_b, "phone_number": phone})),
+    )
+    both = {"email": email_a, "phone_number": phone}
+    dup = only_outcome(api, server, send(api, event_body(profile_attributes=both, unique_id="x")))
+    assert dup["outcome"] == "deduplicated"
+    assert "phone_number belongs to profile" in dup["detail"]

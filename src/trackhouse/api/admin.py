@@ -38,10 +38,13 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
     deadline = time.monotonic() + seconds
     while (position := store.position()) < head:
         if time.monotonic() >= deadline:
+            processor = request.app.state.processor
+            trouble = processor and processor.last_error
             raise APIError(
                 503,
                 "service_unavailable",
-                f"Processing has reached log position {position} of {head}; still working.",
+                f"Processing has reached log position {position} of {head}; "
+                + (f"it is retrying after: {trouble}" if trouble else "still working."),
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)
@@ -73,8 +76,10 @@ async def reset(request: Request) -> Response:
         raise APIError(
             409, "conflict", "Processing runs in another process; reset the account there."
         )
-    await caught_up(request, _timeout(request))
-    deleted = await asyncio.to_thread(processor.reset_account, account_id)
+    # Everything accepted before this call is processed, then deleted; what arrives meanwhile
+    # is processed after the reset (the processor does both under its lock).
+    head = event_log(request).head()
+    deleted = await asyncio.to_thread(processor.reset_account, account_id, head)
     return jsonapi_response(
         200, {"data": {"type": "account-reset", "id": account_id, "attributes": deleted}}
     )

@@ -89,8 +89,6 @@ def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dic
     """The job, with what processing made of its events so far."""
     url = absolute_url(request, f"/api/event-bulk-create-jobs/{job.id}")
     counts = Counter(o.outcome for o in outcomes)
-    # A job's submissions are consecutive log entries, one per profile group, in order.
-    group_of = {seq: g for g, seq in enumerate(sorted({o.seq for o in outcomes}))}
     done = len(outcomes)
     status = "complete" if done >= job.event_count else "processing" if done else "queued"
     return {
@@ -106,8 +104,9 @@ def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dic
                 "outcomes": {name: counts[name] for name in OUTCOMES},
                 "rejected_events": [
                     {
-                        "pointer": f"/data/attributes/events-bulk-create/data/{group_of[o.seq]}"
-                        f"/attributes/events/data/{o.idx}",
+                        # The job's groups are consecutive log entries from first_seq on.
+                        "pointer": "/data/attributes/events-bulk-create/data/"
+                        f"{o.seq - job.first_seq}/attributes/events/data/{o.idx}",
                         "detail": o.detail,
                     }
                     for o in outcomes
@@ -147,9 +146,12 @@ async def get_bulk_job(request: Request) -> Response:
     caller = identify_caller(request, scope="events:read", endpoint_class="job")
     job_id = request.path_params["job_id"]
     job = event_log(request).get_job(caller.account_id, job_id)
+    store = request.app.state.store
+    if job is not None and job.first_seq <= store.reset_position(caller.account_id):
+        job = None  # its account was reset (test control) after it was accepted
     if job is None:
         raise APIError(404, "not_found", f"A bulk create job with id {job_id[:64]} does not exist.")
-    outcomes = request.app.state.store.job_outcomes(caller.account_id, job_id)
+    outcomes = store.job_outcomes(caller.account_id, job_id)
     return jsonapi_response(200, job_document(request, job, outcomes), caller.headers)
 
 

@@ -26,9 +26,11 @@ def outcome_json(o: Outcome) -> dict:
 async def get_receipt(request: Request) -> Response:
     caller = identify_caller(request, scope="events:read", endpoint_class="job")
     receipt_id = request.path_params["receipt_id"]
-    outcomes = request.app.state.store.receipt_outcomes(caller.account_id, receipt_id)
-    if not outcomes and not event_log(request).has_receipt(caller.account_id, receipt_id):
+    store = request.app.state.store
+    seq = event_log(request).receipt_seq(caller.account_id, receipt_id)
+    if seq is None or seq <= store.reset_position(caller.account_id):  # never, or reset since
         raise APIError(404, "not_found", f"A receipt with id {receipt_id[:64]} does not exist.")
+    outcomes = store.receipt_outcomes(caller.account_id, receipt_id)
     url = absolute_url(request, f"/api/event-receipts/{receipt_id}")
     document = {
         "data": {

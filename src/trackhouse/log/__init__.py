@@ -29,6 +29,7 @@ class BulkJob:
     created_at: str  # ISO 8601
     event_count: int
     submission_count: int
+    first_seq: int = 0  # the log position of its first group (groups are consecutive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class EventLog(Protocol):
 
     def get_job(self, account_id: str, job_id: str) -> BulkJob | None: ...
 
-    def has_receipt(self, account_id: str, receipt_id: str) -> bool: ...
+    def receipt_seq(self, account_id: str, receipt_id: str) -> int | None:
+        """The log position of a single create's submission, by its receipt id."""
 
     def head(self) -> int:
         """The newest position in the log (0 when empty)."""
@@ -51,7 +53,8 @@ class EventLog(Protocol):
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every successful commit (processing wakes on it)."""
 
-    def read(self, after_seq: int, limit: int) -> list[LogEntry]:
-        """Entries with seq > after_seq, in log order."""
+    def read(self, after_seq: int, limit: int, max_bytes: int | None = None) -> list[LogEntry]:
+        """Entries with seq > after_seq, in log order: at most `limit`, and no more than
+        `max_bytes` of encoded data (but at least one entry)."""
 
     def close(self) -> None: ...

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     account_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
     event_count INTEGER NOT NULL,
-    submission_count INTEGER NOT NULL
+    submission_count INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL
 );
 """
 
@@ -144,17 +145,26 @@ class SQLiteLog:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in batch:
-                if p.job is not None:
-                    j = p.job
-                    conn.execute(
-                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?)",
-                        (j.id, j.account_id, j.created_at, j.event_count, j.submission_count),
-                    )
                 conn.executemany(
                     "INSERT INTO entries (account_id, job_id, receipt_id, submission)"
                     " VALUES (?, ?, ?, ?)",
                     p.rows,
                 )
+                if p.job is not None:
+                    # One writer, one executemany: the job's entries are consecutive.
+                    (last,) = conn.execute("SELECT max(seq) FROM entries").fetchone()
+                    j = p.job
+                    conn.execute(
+                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            j.id,
+                            j.account_id,
+                            j.created_at,
+                            j.event_count,
+                            j.submission_count,
+                            last - len(p.rows) + 1,
+                        ),
+                    )
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, locked, … : nothing was written
             if conn.in_transaction:
@@ -166,8 +176,8 @@ class SQLiteLog:
     def get_job(self, account_id: str, job_id: str) -> BulkJob | None:
         with self._read_lock:
             row = self._reader.execute(
-                "SELECT id, account_id, created_at, event_count, submission_count FROM jobs"
-                " WHERE id = ? AND account_id = ?",
+                "SELECT id, account_id, created_at, event_count, submission_count, first_seq"
+                " FROM jobs WHERE id = ? AND account_id = ?",
                 (job_id, account_id),
             ).fetchone()
         return BulkJob(*row) if row else None
@@ -176,20 +186,27 @@ class SQLiteLog:
         with self._read_lock:
             return self._reader.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
 
-    def has_receipt(self, account_id: str, receipt_id: str) -> bool:
+    def receipt_seq(self, account_id: str, receipt_id: str) -> int | None:
         with self._read_lock:
             row = self._reader.execute(
-                "SELECT 1 FROM entries WHERE receipt_id = ? AND account_id = ?",
+                "SELECT seq FROM entries WHERE receipt_id = ? AND account_id = ?",
                 (receipt_id, account_id),
             ).fetchone()
-        return row is not None
+        return None if row is None else row[0]
 
-    def read(self, after_seq: int, limit: int) -> list[LogEntry]:
+    def read(self, after_seq: int, limit: int, max_bytes: int | None = None) -> list[LogEntry]:
+        rows = []
+        size = 0
         with self._read_lock:
-            rows = self._reader.execute(
+            cursor = self._reader.execute(
                 "SELECT seq, submission FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
-            ).fetchall()
+            )
+            for seq, blob in cursor:
+                size += len(blob)
+                if rows and max_bytes is not None and size > max_bytes:
+                    break
+                rows.append((seq, blob))
         return [LogEntry(seq, decode_submission(blob)) for seq, blob in rows]
 
     def close(self) -> None:

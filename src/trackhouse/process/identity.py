@@ -132,7 +132,8 @@ def resolve_profile(
                 break
     if profile is None:
         if not given:
-            return Resolution(None, rejected=f"no profile with id {change.id[:64]} exists")
+            missing = (change.id or "")[:64]
+            return Resolution(None, rejected=f"no profile with id {missing} exists")
         profile = book.create(account_id, now)
     else:
         book.touch(profile, now)
@@ -153,6 +154,13 @@ def _add_identifier(
 ) -> None:
     owner = book.owner(profile.account_id, kind, value)
     if owner == profile.id:
+        if (
+            kind == "email"
+            and "email" not in profile.identifiers
+            and value in profile.secondary_emails
+        ):
+            profile.identifiers["email"] = value
+            profile.secondary_emails.remove(value)
         return
     if owner is not None:
         resolution.notes.append(f"{kind} belongs to profile {owner}; it was not moved")
@@ -179,11 +187,14 @@ def _patch_emails(
             continue
         if owner is not None:
             resolution.notes.append(f"email belongs to profile {owner}; it was not added")
-        elif 1 + len(profile.secondary_emails) >= MAX_EMAILS:
+        elif ("email" in profile.identifiers) + len(profile.secondary_emails) >= MAX_EMAILS:
             resolution.notes.append(f"a profile keeps at most {MAX_EMAILS} emails; one not added")
         else:
             book.claim(profile, "email", email)
             profile.secondary_emails.append(email)
+    if change.remove_emails and not change.may_change_identifiers:
+        resolution.notes.append("emails not removed: client endpoints cannot remove identifiers")
+        return
     for email in map(str.lower, change.remove_emails):
         if email in profile.secondary_emails:
             book.release(profile, "email", email)

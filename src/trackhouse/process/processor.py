@@ -4,6 +4,12 @@ It reads the log in order (so one person's events are applied in arrival order) 
 applies each batch in one store transaction, and writes the log position it reached in that
 same transaction: a crash anywhere rolls back both, and the restart redoes exactly the
 uncommitted batch (design.md, invariants 2 and 3).
+
+Two kinds of failure are told apart. Storage trouble (`sqlite3.OperationalError`: disk full,
+locked, I/O) rolls back and retries the same entries later, with back-off: accepted events
+wait, they are never turned into rejections. Anything else raised while applying an entry is
+a problem with that entry: the batch is redone one entry at a time and only the failing entry
+ends `rejected`, with the error as its reason.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ logger = logging.getLogger("trackhouse.process")
 
 POSITION = "processor"
 BATCH_ENTRIES = 500
+BATCH_BYTES = 32 * 1024 * 1024  # and at most this much encoded log data per batch
 # Event rowids are seq * EVENTS_PER_ENTRY + index: a submission holds at most 1,000 events.
 EVENTS_PER_ENTRY = 1000
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -50,13 +57,26 @@ class Processor:
         self.position = store.position(POSITION)
         self.wake = threading.Event()  # set by the log after each commit
         self.lock = threading.Lock()  # one batch (or reset) at a time
+        self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
 
     # -- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Process until `stop` is set; the batch in hand is always finished first."""
+        """Process until `stop` is set; the batch in hand is always finished first. Nothing
+        ends this loop but `stop`: storage errors are retried with back-off."""
+        backoff = 0.05
         while not stop.is_set():
-            if not self.run_once():
+            try:
+                processed = self.run_once()
+            except Exception as exc:
+                logger.exception("processing stalled at log position %d; retrying", self.position)
+                self.last_error = repr(exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.last_error = None
+            backoff = 0.05
+            if not processed:
                 self.wake.wait(0.25)
                 self.wake.clear()
 
@@ -66,20 +86,22 @@ class Processor:
             return self._run_once(max_entries)
 
     def _run_once(self, max_entries: int) -> int:
-        entries = self.log.read(self.position, max_entries)
+        entries = self.log.read(self.position, max_entries, BATCH_BYTES)
         if not entries:
             return 0
         try:
             self._commit(entries, self._apply_all)
+        except sqlite3.OperationalError:
+            raise  # storage trouble: the same entries are tried again later
         except Exception:
-            # Something in the batch is broken: redo it one entry at a time so that only the
-            # broken entry is affected, and it still gets an outcome (no silent drops).
-            logger.exception("batch failed; retrying entry by entry")
+            logger.exception("batch failed; redoing it entry by entry")
             for entry in entries:
                 try:
                     self._commit([entry], self._apply_all)
+                except sqlite3.OperationalError:
+                    raise
                 except Exception as exc:
-                    logger.exception("log entry %d failed", entry.seq)
+                    logger.exception("log entry %d failed; rejecting its events", entry.seq)
                     self._commit([entry], lambda es, e=exc: self._reject_all(es, repr(e)))
         return len(entries)
 
@@ -130,6 +152,8 @@ class Processor:
         notes = "; ".join(resolution.notes) or None
         if not s.events:  # identify: a profile change only
             return _row(seq, s, profile.id, [("stored", None, notes)])
+        if len(s.events) > EVENTS_PER_ENTRY:  # the API refuses these; rowids depend on it
+            raise ValueError(f"a submission holds at most {EVENTS_PER_ENTRY} events")
 
         results: list[Result] = []
         rows = []
@@ -138,7 +162,7 @@ class Processor:
             metric_id = self._metric(s.account_id, event.metric, event.service, s.metric_cap)
             if metric_id is None:
                 reason = f"the account already has {s.metric_cap} metrics (the limit of this API)"
-                results.append(("rejected", None, reason))
+                results.append(("rejected", None, _join(reason, notes)))
                 continue
             key = event.unique_id if event.unique_id is not None else str(event.time)
             rowid = seq * EVENTS_PER_ENTRY + idx
@@ -163,10 +187,12 @@ class Processor:
         # processed wins. Usually every row goes in, and one executemany is enough to know.
         before = self.conn.total_changes
         self.conn.executemany(
-            "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (account_id, profile_id, metric_id, dedup_key) DO NOTHING",
+            rows,
         )
         if self.conn.total_changes - before != len(rows):
-            self._mark_duplicates(s.account_id, profile.id, rows, keys, results)
+            self._mark_duplicates(s.account_id, profile.id, rows, keys, results, notes)
         newest = max(
             (e.time for e, r in zip(s.events, results, strict=True) if r[0] == "stored"),
             default=None,
@@ -182,6 +208,7 @@ class Processor:
         rows: list[tuple],
         keys: list[tuple[str, str, bool]],
         results: list[Result],
+        notes: str | None,
     ) -> None:
         """Find which of `rows` the dedup index refused, and the event each one repeats."""
         first_rowid, last_rowid = rows[0][0], rows[-1][0]
@@ -203,7 +230,7 @@ class Processor:
             ).fetchone()
             what = "unique_id" if explicit else "time (no unique_id)"
             detail = f"duplicate of event {event_id(first)}: same profile, metric and {what}"
-            results[idx] = ("deduplicated", first, f"{detail} {key[:64]!r}")
+            results[idx] = ("deduplicated", first, _join(f"{detail} {key[:64]!r}", notes))
 
     def _metric(self, account_id: str, name: str, service: str, cap: int | None) -> str | None:
         """The metric's id, created on first use; None when `cap` forbids a new one."""
@@ -239,18 +266,25 @@ class Processor:
         self._metrics[key] = metric_id
         return metric_id
 
-    def reset_account(self, account_id: str) -> dict[str, int]:
-        """Delete an account's processed data (test control); returns what was deleted."""
+    def reset_account(self, account_id: str, head: int) -> dict[str, int]:
+        """Process the log up to `head`, then delete the account's processed data (test
+        control), all under the lock: entries after `head` are processed after the reset."""
         deleted = {}
         with self.lock:
+            while self.position < head:
+                self._run_once(BATCH_ENTRIES)
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for table in ("events", "profiles", "identifiers", "metrics", "outcomes"):
-                    cursor = conn.execute(
-                        f"DELETE FROM {table} WHERE account_id = ?", (account_id,)
-                    )
-                    deleted[table] = cursor.rowcount
+                    sql = f"DELETE FROM {table} WHERE account_id = ?"
+                    deleted[table] = conn.execute(sql, (account_id,)).rowcount
+                # Jobs and receipts up to here answer 404 from now on, not "queued" forever.
+                conn.execute(
+                    "INSERT INTO resets VALUES (?, ?)"
+                    " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
+                    (account_id, self.position),
+                )
                 conn.execute("COMMIT")
             finally:
                 if conn.in_transaction:
@@ -260,6 +294,10 @@ class Processor:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _join(detail: str, notes: str | None) -> str:
+    return f"{detail}; {notes}" if notes else detail
 
 
 def _slots(s: Submission) -> int:

@@ -1,8 +1,9 @@
 """The embedded store: profiles, identifiers, metrics, events and outcomes in one SQLite file.
 
-Only the processor writes here (`process/`), one transaction per batch of log entries, and the
-log position it reached is written in that same transaction (design.md, invariant 3). Reads
-(job status, receipts, later the query API) use their own connection.
+Only the processor writes these tables (`process/`), one transaction per batch of log
+entries, and the log position it reached is written in that same transaction (design.md,
+invariant 3). Reads (job status, receipts, the query API) use their own connection. The same
+file also holds accounts and keys (`store/accounts.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import msgspec
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
     name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resets (  -- test control: the log position of an account's reset
+    account_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS profiles (
@@ -83,16 +88,6 @@ def event_id(rowid: int) -> str:
         out = _DIGITS[rest] + out
         if not rowid:
             return out
-
-
-def event_rowid(event_id: str) -> int | None:
-    value = 0
-    for char in event_id:
-        digit = _DIGITS.find(char)
-        if digit < 0 or len(event_id) > 12:
-            return None
-        value = value * 62 + digit
-    return value
 
 
 OUTCOMES = ("stored", "deduplicated", "rejected")
@@ -187,11 +182,8 @@ class SQLiteStore:
         )
         return rows[0][0] if rows else None
 
-    def counts(self, account_id: str) -> dict[str, int]:
-        """How many events, profiles and metrics an account has (for tests and the CLI)."""
-        out = {}
-        for table in ("events", "profiles", "metrics"):
-            out[table] = self._all(
-                f"SELECT count(*) FROM {table} WHERE account_id = ?", (account_id,)
-            )[0][0]
-        return out
+    def reset_position(self, account_id: str) -> int:
+        """The log position of the account's last reset (0 if never): what was accepted up to
+        there is gone."""
+        rows = self._all("SELECT seq FROM resets WHERE account_id = ?", (account_id,))
+        return rows[0][0] if rows else 0
