@@ -26,6 +26,16 @@ class Caller:
     day: date
     rules: RevisionRules
     headers: dict[str, str]  # rate-limit headers for the response
+    scopes: frozenset[str] = frozenset()  # of the private key; none for a public key
+
+    def require(self, scope: str) -> None:
+        """Reading related or included resources needs their read scope too."""
+        if scope not in self.scopes:
+            raise APIError(
+                403,
+                "permission_denied",
+                f"The API key does not have the required scope '{scope}' for this request.",
+            )
 
 
 def accounts(request: Request) -> AccountStore:
@@ -50,14 +60,17 @@ def identify_caller(
     """Authenticate (private key with `scope`, or `?company_id=` when `public`), read the
     revision header and count the request against its rate limit, in that order."""
     store = accounts(request)
+    scopes: frozenset[str] = frozenset()
     if public:
         account_id = auth.public_key_account(request, store)
     else:
         assert scope is not None
-        account_id = auth.private_key_account(request, store, scope)
+        key = auth.private_key(request, store, scope)
+        account_id, scopes = key.account_id, key.scopes
     opt_out = request.headers.get("x-klaviyo-revision-fall-forward-opt-out", "").strip() == "1"
     day, rules = parse_revision(request.headers.get("revision"), opt_out)
-    return Caller(account_id, day, rules, rate_limit(request, account_id, endpoint_class))
+    headers = rate_limit(request, account_id, endpoint_class)
+    return Caller(account_id, day, rules, headers, scopes)
 
 
 async def append(request: Request, submissions: list[Submission], job: BulkJob | None = None):

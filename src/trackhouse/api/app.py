@@ -11,7 +11,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trackhouse.api import admin, bulk, events, legacy, profiles, receipts
+from trackhouse.api import (
+    admin,
+    bulk,
+    event_reads,
+    events,
+    legacy,
+    metrics,
+    profiles,
+    receipts,
+)
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
@@ -36,6 +45,18 @@ ROUTES: list[Route] = [
     *_both("/api/track", legacy.track, ["GET", "POST"]),
     *_both("/api/identify", legacy.identify, ["GET", "POST"]),
     *_both("/api/event-receipts/{receipt_id}", receipts.get_receipt, ["GET"]),
+    *_both("/api/events", event_reads.get_events, ["GET"]),
+    *_both("/api/events/{event_id}", event_reads.get_event, ["GET"]),
+    *_both(
+        "/api/events/{event_id}/relationships/{related}",
+        event_reads.get_event_relationship,
+        ["GET"],
+    ),
+    *_both("/api/events/{event_id}/{related}", event_reads.get_event_related, ["GET"]),
+    *_both("/api/metrics", metrics.get_metrics, ["GET"]),
+    *_both("/api/metrics/{metric_id}", metrics.get_metric, ["GET"]),
+    *_both("/api/metric-aggregates", metrics.query_metric_aggregates, ["POST"]),
+    *_both("/api/profiles", profiles.get_profiles, ["GET"]),
     *_both("/api/profiles/{profile_id}", profiles.get_profile, ["GET"]),
     Route("/admin/wait", admin.wait, methods=["POST"]),
     Route("/admin/reset", admin.reset, methods=["POST"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from trackhouse.api.errors import APIError
-from trackhouse.store.accounts import AccountStore
+from trackhouse.store.accounts import AccountStore, ApiKey
 
 SCHEME = "klaviyo-api-key "
 
@@ -18,8 +18,8 @@ def _unauthenticated(detail: str) -> APIError:
     return APIError(401, "not_authenticated", detail)
 
 
-def private_key_account(request: Request, accounts: AccountStore, scope: str) -> str:
-    """The account of the request's private key, which must have `scope`."""
+def private_key(request: Request, accounts: AccountStore, scope: str) -> ApiKey:
+    """The request's private key, which must have `scope`."""
     header = request.headers.get("authorization")
     if not header:
         raise _unauthenticated("Missing authorization header. Please use Klaviyo-API-Key.")
@@ -36,7 +36,12 @@ def private_key_account(request: Request, accounts: AccountStore, scope: str) ->
             "permission_denied",
             f"The API key does not have the required scope '{scope}' for this endpoint.",
         )
-    return key.account_id
+    return key
+
+
+def private_key_account(request: Request, accounts: AccountStore, scope: str) -> str:
+    """The account of the request's private key, which must have `scope`."""
+    return private_key(request, accounts, scope).account_id
 
 
 def public_key_account(request: Request, accounts: AccountStore) -> str:

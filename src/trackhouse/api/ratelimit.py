@@ -26,7 +26,12 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "create": Limit(350, 3500),  # POST /api/events, /client/events, legacy track/identify
     "bulk": Limit(10, 150),  # POST /api/event-bulk-create-jobs, /client/event-bulk-create
     "job": Limit(350, 3500),  # GET /api/event-bulk-create-jobs/{id}, /api/event-receipts/{id}
-    "profile": Limit(75, 700),  # GET /api/profiles/{id}
+    "profile": Limit(75, 700),  # GET /api/profiles, /api/profiles/{id}
+    "events": Limit(350, 3500),  # GET /api/events
+    "event": Limit(10, 150),  # GET /api/events/{id}
+    "event_related": Limit(350, 3500),  # GET /api/events/{id}/metric|profile, relationships
+    "metrics": Limit(10, 150),  # GET /api/metrics, /api/metrics/{id}
+    "aggregates": Limit(3, 60),  # POST /api/metric-aggregates
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")

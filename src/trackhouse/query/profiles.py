@@ -1,4 +1,4 @@
-"""Profiles as Klaviyo's `profile` resource (GET /api/profiles/{id})."""
+"""Profiles as Klaviyo's `profile` resource."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trackhouse.process.profiles import decode_profile
-from trackhouse.store.sqlite import SQLiteStore
 
 LOCATION_FIELDS = (
     "address1",
@@ -23,10 +22,8 @@ LOCATION_FIELDS = (
 ATTRIBUTE_FIELDS = ("first_name", "last_name", "organization", "locale", "title", "image")
 
 
-def profile_resource(store: SQLiteStore, account_id: str, profile_id: str) -> dict | None:
-    doc = store.profile(account_id, profile_id)
-    if doc is None:
-        return None
+def profile_resource(doc: bytes, base: str) -> dict[str, Any]:
+    """A stored profile document as the resource; `base` is the server's own URL."""
     p = decode_profile(doc)
     attributes: dict[str, Any] = {
         "email": p.identifiers.get("email"),
@@ -47,4 +44,5 @@ def profile_resource(store: SQLiteStore, account_id: str, profile_id: str) -> di
         # Multi-Email Profiles (meta.patch_identifiers): the addresses besides `email`.
         "secondary_emails": p.secondary_emails,
     }
-    return {"type": "profile", "id": p.id, "attributes": attributes}
+    url = f"{base}/api/profiles/{p.id}"
+    return {"type": "profile", "id": p.id, "attributes": attributes, "links": {"self": url}}

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_dedup
     ON events (account_id, profile_id, metric_id, dedup_key);
+-- The read API's filters: by time, by profile and time, by metric and time (rowid breaks ties).
+CREATE INDEX IF NOT EXISTS events_time ON events (account_id, time);
+CREATE INDEX IF NOT EXISTS events_profile_time ON events (account_id, profile_id, time);
+CREATE INDEX IF NOT EXISTS events_metric_time ON events (account_id, metric_id, time);
+CREATE INDEX IF NOT EXISTS profiles_account ON profiles (account_id, id);
 -- One row per log entry (a bulk group, a single create, an identify): one row per event
 -- would cost as much as the event itself, so the entry's per-event outcomes are packed.
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -119,6 +124,56 @@ def _unpack_rows(rows: list[tuple]) -> list[Outcome]:
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[tuple[str, int | None, str | None]]).decode
+
+
+def event_rowid(event_id: str) -> int | None:
+    """The rowid of an event id from `event_id()`, or None if it cannot be one."""
+    if not 0 < len(event_id) <= 11:
+        return None
+    value = 0
+    for char in event_id:
+        digit = _DIGITS.find(char)
+        if digit < 0:
+            return None
+        value = value * 62 + digit
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    rowid: int
+    profile_id: str
+    metric_id: str
+    time: int
+    dedup_key: str
+    value: float | None
+    value_currency: str | None
+    properties: bytes  # JSON
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    id: str
+    name: str
+    service: str
+    created: str
+
+
+@dataclass
+class EventQuery:
+    """A page of an account's events: filters, order and where the page starts."""
+
+    account_id: str
+    metric_id: str | None = None
+    profile_id: str | None = None
+    since: int | None = None  # time >= since
+    until: int | None = None  # time < until
+    descending: bool = False
+    after: tuple[int, int] | None = None  # (time, rowid) of the row before this page
+    limit: int = 200
+
+
+_EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -181,6 +236,85 @@ class SQLiteStore:
             "SELECT doc FROM profiles WHERE id = ? AND account_id = ?", (profile_id, account_id)
         )
         return rows[0][0] if rows else None
+
+    # -- reads for the query API ---------------------------------------------------------
+
+    def events(self, q: EventQuery) -> list[EventRow]:
+        where = ["account_id = ?"]
+        args: list[Any] = [q.account_id]
+        for column, value in (("metric_id", q.metric_id), ("profile_id", q.profile_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.since is not None:
+            where.append("time >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("time < ?")
+            args.append(q.until)
+        if q.after is not None:
+            where.append("(time, rowid) " + ("<" if q.descending else ">") + " (?, ?)")
+            args += q.after
+        order = "DESC" if q.descending else "ASC"
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            f" ORDER BY time {order}, rowid {order} LIMIT ?"
+        )
+        return [EventRow(*r) for r in self._all(sql, (*args, q.limit))]
+
+    def event(self, account_id: str, rowid: int) -> EventRow | None:
+        rows = self._all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid = ? AND account_id = ?",
+            (rowid, account_id),
+        )
+        return EventRow(*rows[0]) if rows else None
+
+    def metrics(
+        self, account_id: str, ids: list[str] | None = None, after: str | None = None,
+        limit: int = 200,
+    ) -> list[MetricRow]:  # fmt: skip
+        where = ["account_id = ?"]
+        args: list[Any] = [account_id]
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if after is not None:
+            where.append("id > ?")
+            args.append(after)
+        sql = (
+            f"SELECT id, name, service, created FROM metrics WHERE {' AND '.join(where)}"
+            " ORDER BY id LIMIT ?"
+        )
+        return [MetricRow(*r) for r in self._all(sql, (*args, limit))]
+
+    def profiles(
+        self,
+        account_id: str,
+        ids: list[str] | None = None,
+        identifiers: tuple[str, list[str]] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[bytes]:
+        """Profile documents by id order; `identifiers` = (kind, values) filters by them."""
+        where = ["p.account_id = ?"]
+        args: list[Any] = [account_id]
+        source = "profiles p"
+        if identifiers is not None:
+            kind, values = identifiers
+            source += " JOIN identifiers i ON i.profile_id = p.id AND i.account_id = p.account_id"
+            where.append(f"i.kind = ? AND i.value IN ({','.join('?' * len(values))})")
+            args += [kind, *values]
+        if ids is not None:
+            where.append(f"p.id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if after is not None:
+            where.append("p.id > ?")
+            args.append(after)
+        sql = (
+            f"SELECT DISTINCT p.id, p.doc FROM {source} WHERE {' AND '.join(where)}"
+            " ORDER BY p.id LIMIT ?"
+        )
+        return [doc for _, doc in self._all(sql, (*args, limit))]
 
     def reset_position(self, account_id: str) -> int:
         """The log position of the account's last reset (0 if never): what was accepted up to

@@ -1,0 +1,132 @@
+"""The query parameters every list endpoint shares: `filter`, `fields[TYPE]`, `include`,
+`sort`, `page[cursor]`, `page[size]`; cursors and `links` (reference §§ 2.7–2.9).
+
+Cursors are opaque to clients: base64url of a small JSON value saying where the next page
+starts. Every query is scoped to the caller's account anyway, so a tampered cursor can at most
+start a page somewhere else in the caller's own data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+
+from trackhouse.api.errors import APIError
+from trackhouse.query.filters import Condition, FilterError, parse_filter
+
+
+def invalid_parameter(parameter: str, detail: str) -> APIError:
+    return APIError(400, "invalid", detail, parameter=parameter)
+
+
+def base_url(request: Request) -> str:
+    """The server's own scheme://host[:port], as the client reached it."""
+    return str(request.base_url).rstrip("/")
+
+
+def encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(value)).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Any:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return msgspec.json.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise invalid_parameter("page[cursor]", "Invalid cursor provided.") from None
+
+
+def page_links(request: Request, next_value: Any = None, prev_value: Any = None) -> dict:
+    """`links.self/next/prev` as absolute URLs: this request with another page[cursor]."""
+
+    def with_cursor(value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(request.url.include_query_params(**{"page[cursor]": encode_cursor(value)}))
+
+    return {
+        "self": str(request.url),
+        "next": with_cursor(next_value),
+        "prev": with_cursor(prev_value),
+    }
+
+
+@dataclass
+class ListRequest:
+    filters: list[Condition]
+    fields: dict[str, set[str]]
+    include: list[str]
+    sort: str | None
+    cursor: Any
+    size: int
+
+    @staticmethod
+    def fields_of(request: Request, type_: str) -> set[str] | None:
+        text = request.query_params.get(f"fields[{type_}]")
+        return None if text is None else {f.strip() for f in text.split(",") if f.strip()}
+
+    @classmethod
+    def parse(
+        cls,
+        request: Request,
+        *,
+        default_size: int,
+        max_size: int,
+        sorts: Iterable[str] = (),
+        includes: Iterable[str] = (),
+        fields: dict[str, Iterable[str]] | None = None,
+    ) -> ListRequest:
+        params = request.query_params
+        filters: list[Condition] = []
+        if "filter" in params:
+            try:
+                filters = parse_filter(params["filter"])
+            except FilterError as exc:
+                raise invalid_parameter("filter", f"Invalid filter: {exc}") from None
+        include = [i.strip() for i in params.get("include", "").split(",") if i.strip()]
+        for name in include:
+            if name not in includes:
+                raise invalid_parameter(
+                    "include",
+                    f"'{name[:64]}' is not an allowed include parameter for this resource.",
+                )
+        chosen: dict[str, set[str]] = {}
+        for type_, allowed in (fields or {}).items():
+            given = cls.fields_of(request, type_)
+            if given is None:
+                continue
+            unknown = given - set(allowed)
+            if unknown:
+                name = sorted(unknown)[0][:64]
+                raise invalid_parameter(
+                    f"fields[{type_}]", f"'{name}' is not a valid field for the resource '{type_}'."
+                )
+            chosen[type_] = given
+        sort = params.get("sort")
+        if sort is not None and sort not in sorts:
+            raise invalid_parameter("sort", f"'{sort[:64]}' is not a valid sort parameter.")
+        size = default_size
+        if "page[size]" in params:
+            try:
+                size = int(params["page[size]"])
+            except ValueError:
+                size = 0
+            if not 1 <= size <= max_size:
+                raise invalid_parameter("page[size]", f"page[size] must be 1 to {max_size}.")
+        cursor = decode_cursor(params["page[cursor]"]) if "page[cursor]" in params else None
+        return cls(filters, chosen, include, sort, cursor, size)
+
+    def bad_filter(self, detail: str) -> APIError:
+        return invalid_parameter("filter", f"Invalid filter: {detail}.")
+
+    def cursor_value(self, type_: type) -> Any:
+        """The cursor, which must be a `type_` (a page start we issued), or None."""
+        if self.cursor is not None and not isinstance(self.cursor, type_):
+            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
+        return self.cursor
