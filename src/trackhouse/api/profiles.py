@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api.accept import identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
+from trackhouse.api.event_reads import PROFILE_FIELDS
 from trackhouse.api.paging import ListRequest, base_url, page_links
 from trackhouse.query.events import sparse
+from trackhouse.query.filters import Condition
 from trackhouse.query.profiles import profile_resource
+from trackhouse.store.sqlite import ProfileQuery
 
 # Klaviyo's filterable profile fields, and the identifier kind each one looks up.
 IDENTIFIER_FILTERS = {
@@ -36,12 +41,52 @@ async def get_profile(request: Request) -> Response:
     )
 
 
+SORTS = ("id", "-id", "created", "-created", "updated", "-updated")
+TIME_OPERATORS = ("greater-than", "greater-or-equal", "less-than", "less-or-equal")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _time_bound(q: ProfileQuery, condition: Condition) -> None:
+    """created/updated filters, as bounds on the stored whole-second ISO strings."""
+    moment = condition.value
+    if not isinstance(moment, datetime):
+        raise APIError(
+            400,
+            "invalid",
+            f"Invalid filter: {condition.field} needs a datetime.",
+            parameter="filter",
+        )
+    whole = moment.replace(microsecond=0)
+    ceil = whole if whole == moment else whole + timedelta(seconds=1)
+    low = {"greater-or-equal": ceil, "greater-than": whole + timedelta(seconds=1)}
+    high = {"less-than": ceil, "less-or-equal": whole + timedelta(seconds=1)}
+    name = condition.field
+    if condition.op in low:
+        setattr(q, f"{name}_since", _iso(low[condition.op]))
+    else:
+        setattr(q, f"{name}_until", _iso(high[condition.op]))
+
+
 async def get_profiles(request: Request) -> Response:
     caller = identify_caller(request, scope="profiles:read", endpoint_class="profile")
-    query = ListRequest.parse(request, default_size=20, max_size=100, sorts=("id",))
+    query = ListRequest.parse(
+        request,
+        default_size=20,
+        max_size=100,
+        sorts=SORTS,
+        fields={"profile": PROFILE_FIELDS},
+    )
+    order = ProfileQuery(sort=(query.sort or "id").lstrip("-"))
+    order.descending = (query.sort or "").startswith("-")
     ids = None
     identifiers = None
     for condition in query.filters:
+        if condition.field in ("created", "updated") and condition.op in TIME_OPERATORS:
+            _time_bound(order, condition)
+            continue
         values = condition.value if condition.op == "any" else (condition.value,)
         if condition.op not in ("equals", "any") or not all(isinstance(v, str) for v in values):
             raise query.bad_filter(f"'{condition.op}' on '{condition.field}' is not supported")
@@ -54,13 +99,18 @@ async def get_profiles(request: Request) -> Response:
             raise query.bad_filter(f"'{condition.field}' is not a filterable field")
     after = query.cursor_value(str)
     docs = request.app.state.store.profiles(
-        caller.account_id, ids, identifiers, after, query.size + 1
+        caller.account_id, ids, identifiers, after, query.size + 1, order
     )
     base = base_url(request)
     resources = [profile_resource(doc, base) for doc in docs[: query.size]]
-    more = len(docs) > query.size
+    next_value = None
+    if len(docs) > query.size:
+        last = resources[-1]
+        next_value = (
+            last["id"] if order.sort == "id" else f"{last['attributes'][order.sort]}|{last['id']}"
+        )
     document = {
         "data": [sparse(r, query.fields.get("profile")) for r in resources],
-        "links": page_links(request, resources[-1]["id"] if more else None),
+        "links": page_links(request, next_value),
     }
     return jsonapi_response(200, document, caller.headers)

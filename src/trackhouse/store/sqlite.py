@@ -173,6 +173,18 @@ class EventQuery:
     limit: int = 200
 
 
+@dataclass
+class ProfileQuery:
+    """Order and time filters of a profile listing (ISO 8601 strings compare in order)."""
+
+    sort: str = "id"  # id, created or updated
+    descending: bool = False
+    created_since: str | None = None
+    created_until: str | None = None
+    updated_since: str | None = None
+    updated_until: str | None = None
+
+
 _EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
@@ -294,10 +306,23 @@ class SQLiteStore:
         identifiers: tuple[str, list[str]] | None = None,
         after: str | None = None,
         limit: int = 100,
+        q: ProfileQuery | None = None,
     ) -> list[bytes]:
-        """Profile documents by id order; `identifiers` = (kind, values) filters by them."""
+        """Profile documents in `q.sort` order (id by default); `identifiers` = (kind, values)
+        filters by them."""
+        q = q or ProfileQuery()
         where = ["p.account_id = ?"]
         args: list[Any] = [account_id]
+        for column, low, high in (
+            ("created", q.created_since, q.created_until),
+            ("updated", q.updated_since, q.updated_until),
+        ):
+            if low is not None:
+                where.append(f"p.{column} >= ?")
+                args.append(low)
+            if high is not None:
+                where.append(f"p.{column} < ?")
+                args.append(high)
         source = "profiles p"
         if identifiers is not None:
             kind, values = identifiers
@@ -307,14 +332,23 @@ class SQLiteStore:
         if ids is not None:
             where.append(f"p.id IN ({','.join('?' * len(ids))})")
             args += ids
-        if after is not None:
-            where.append("p.id > ?")
-            args.append(after)
+        order = "DESC" if q.descending else "ASC"
+        if q.sort == "id":
+            if after is not None:
+                where.append("p.id " + ("<" if q.descending else ">") + " ?")
+                args.append(after)
+            ordering = f"p.id {order}"
+        else:  # created or updated, ties broken by id; `after` is "value|id"
+            if after is not None:
+                value, _, last_id = after.rpartition("|")
+                where.append(f"(p.{q.sort}, p.id) " + ("<" if q.descending else ">") + " (?, ?)")
+                args += [value, last_id]
+            ordering = f"p.{q.sort} {order}, p.id {order}"
         sql = (
-            f"SELECT DISTINCT p.id, p.doc FROM {source} WHERE {' AND '.join(where)}"
-            " ORDER BY p.id LIMIT ?"
+            f"SELECT DISTINCT p.id, p.doc, p.{q.sort} FROM {source}"
+            f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT ?"
         )
-        return [doc for _, doc in self._all(sql, (*args, limit))]
+        return [doc for _, doc, _ in self._all(sql, (*args, limit))]
 
     def reset_position(self, account_id: str) -> int:
         """The log position of the account's last reset (0 if never): what was accepted up to
