@@ -112,7 +112,7 @@ async def query_metric_aggregates(request: Request) -> Response:
         raise invalid("page_size must be 1 to 10000.", at + "/page_size")
     offset = 0
     if attrs.page_cursor:
-        offset = decode_cursor(attrs.page_cursor.rsplit("page_cursor=", 1)[-1])
+        offset = decode_cursor(attrs.page_cursor, "page_cursor")
         if not isinstance(offset, int) or offset < 0:
             raise invalid_parameter("page_cursor", "Invalid cursor provided.")
     started = time.monotonic()

@@ -13,6 +13,7 @@ import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -34,7 +35,11 @@ def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(value)).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> Any:
+def decode_cursor(text: str, parameter: str = "page[cursor]") -> Any:
+    """A cursor we issued; a whole `links.next` URL is accepted too (the Node SDK sends the
+    link as it is when it is not https)."""
+    if "?" in text:
+        text = (parse_qs(urlsplit(text).query).get(parameter) or [""])[0]
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         return msgspec.json.decode(raw)
