@@ -1,9 +1,11 @@
-"""Klaviyo's own OpenAPI documents as an oracle for the request bodies our tests send.
+"""Klaviyo's own OpenAPI documents as an oracle for the request bodies our tests send and
+the response bodies trackhouse answers with.
 
 The specs are the raw `stable.json` files under `shared/klaviyo-openapi/<revision>/`, kept
 beside the project checkout (or wherever `TRACKHOUSE_SHARED_DIR` points). Validating a body
 against the spec of the revision it is sent with shows that a test speaks Klaviyo's wire
-format, not a dialect only trackhouse understands.
+format, not a dialect only trackhouse understands; validating a response shows that a client
+generated from that spec can read what we send back.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ __all__ = [
     "ValidationError",
     "error_pointer",
     "operation",
+    "response_errors",
+    "response_schema",
     "spec_errors",
     "validate_request",
+    "validate_response",
 ]
 
 SPEC_DIRS = ("2023-01-24", "2024-02-15", "2026-04-15", "2026-07-15")
@@ -123,4 +128,106 @@ def validate_request(spec_dir: str, operation_id: str, body: Any) -> None:
             validator_value=first.validator_value,
             instance=first.instance,
             schema=first.schema,
+        )
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `{"$ref": "#/components/..."}` (responses may be references too)."""
+    seen = 0
+    while "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/") or seen > 20:
+            raise LookupError(f"cannot resolve $ref {ref!r}")
+        node = spec
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        seen += 1
+    return node
+
+
+@cache
+def response_schema(spec_dir: str, operation_id: str, status: int) -> dict[str, Any]:
+    """The JSON schema of the operation's `status` response: its exact status code, else its
+    class (`4XX`), else `default`; usually a `#/components/schemas/...` $ref."""
+    spec = load_spec(spec_dir)
+    for item in spec["paths"].values():
+        for op in item.values():
+            if isinstance(op, dict) and op.get("operationId") == operation_id:
+                responses = op["responses"]
+                key = next(
+                    (k for k in (str(status), f"{str(status)[0]}XX", "default") if k in responses),
+                    None,
+                )
+                if key is None:
+                    raise LookupError(
+                        f"{operation_id} in revision {spec_dir} documents no {status} response "
+                        f"(only {', '.join(responses)})"
+                    )
+                content = _resolve(spec, responses[key]).get("content", {})
+                media = next((t for t in JSON_MEDIA_TYPES if t in content), None)
+                if media is None:
+                    raise LookupError(
+                        f"{operation_id} {key} in revision {spec_dir} has no JSON body"
+                    )
+                return content[media]["schema"]
+    raise LookupError(f"revision {spec_dir} has no operation {operation_id!r}")
+
+
+def _null_in_compositions(node: Any) -> Any:
+    """A copy of `node` in which `nullable: true` beside a type-less `oneOf`/`anyOf` admits
+    null. Klaviyo writes e.g. a profile's `location.latitude` as `{"nullable": true, "oneOf":
+    [string, number]}` and sends `null` for it; by OAS 3.0.3 `nullable` without `type` has no
+    effect, so a strict validator would reject Klaviyo's own responses (its generated SDK
+    models read the field as Optional, as intended)."""
+    if isinstance(node, list):
+        return [_null_in_compositions(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copy = {key: _null_in_compositions(value) for key, value in node.items()}
+    if copy.get("nullable") is True and "type" not in copy:
+        for keyword in ("oneOf", "anyOf"):
+            if keyword in copy:
+                copy[keyword] = [*copy[keyword], {"enum": [None]}]
+    return copy
+
+
+@cache
+def _response_components(spec_dir: str) -> dict[str, Any]:
+    return _null_in_compositions(load_spec(spec_dir)["components"])
+
+
+@cache
+def _response_validator(spec_dir: str, operation_id: str, status: int) -> OAS30Validator:
+    schema = {
+        **response_schema(spec_dir, operation_id, status),
+        "components": _response_components(spec_dir),
+    }
+    return OAS30Validator(schema, format_checker=oas30_format_checker)
+
+
+def response_errors(
+    spec_dir: str, operation_id: str, status: int, body: Any
+) -> list[ValidationError]:
+    """Every way `body` breaks the operation's `status` response schema."""
+    errors = _response_validator(spec_dir, operation_id, status).iter_errors(body)
+    return sorted(errors, key=lambda e: list(map(str, e.absolute_path)))
+
+
+def validate_response(spec_dir: str, operation_id: str, status: int, body: Any) -> None:
+    """Raise `ValidationError` unless `body` is a valid `status` response body of the
+    operation in Klaviyo's OpenAPI document of revision `spec_dir` (e.g. "2026-07-15")."""
+    errors = response_errors(spec_dir, operation_id, status, body)
+    if errors:
+        raise ValidationError(
+            f"{operation_id} {status} response is invalid by Klaviyo's {spec_dir} spec:\n"
+            + "\n".join(f"  at {error_pointer(e) or '/'}: {e.message[:300]}" for e in errors[:10])
+            + (f"\n  (and {len(errors) - 10} more)" if len(errors) > 10 else ""),
+            path=errors[0].absolute_path,
+            validator=errors[0].validator,
+            validator_value=errors[0].validator_value,
+            instance=errors[0].instance,
+            schema=errors[0].schema,
         )

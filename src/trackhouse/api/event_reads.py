@@ -207,13 +207,17 @@ async def get_event_related(request: Request) -> Response:
     caller.require(f"{kind}s:read")
     row = _event(request, caller)
     store, base = _store(request), base_url(request)
+    data: Any
     if kind == "metric":
         (metric,) = store.metrics(caller.account_id, ids=[row.metric_id], limit=1)
-        resource = sparse(metric_resource(metric, base), ListRequest.fields_of(request, "metric"))
+        data = sparse(metric_resource(metric, base), ListRequest.fields_of(request, "metric"))
     else:
         (doc,) = store.profiles(caller.account_id, ids=[row.profile_id], limit=1)
-        resource = sparse(profile_resource(doc, base), ListRequest.fields_of(request, "profile"))
-    return jsonapi_response(200, {"data": resource, "links": {"self": str(request.url)}})
+        data = sparse(profile_resource(doc, base), ListRequest.fields_of(request, "profile"))
+    if not caller.rules.jsonapi_relationships:  # before 2023-07-15: a collection
+        data = [data]
+    links = {"self": str(request.url)}
+    return jsonapi_response(200, {"data": data, "links": links}, caller.headers)
 
 
 async def get_event_relationship(request: Request) -> Response:
@@ -225,4 +229,5 @@ async def get_event_relationship(request: Request) -> Response:
     data: Any = {"type": kind, "id": row.metric_id if kind == "metric" else row.profile_id}
     if not caller.rules.jsonapi_relationships:
         data = [data]
-    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}})
+    links = {"self": str(request.url)}
+    return jsonapi_response(200, {"data": data, "links": links}, caller.headers)

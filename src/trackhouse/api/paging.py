@@ -40,6 +40,7 @@ def decode_cursor(text: str, parameter: str = "page[cursor]") -> Any:
     link as it is when it is not https)."""
     if "?" in text:
         text = (parse_qs(urlsplit(text).query).get(parameter) or [""])[0]
+    text = text.lstrip("=")  # the Python SDK trims an https link to "=CURSOR"
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         return msgspec.json.decode(raw)
@@ -50,16 +51,13 @@ def decode_cursor(text: str, parameter: str = "page[cursor]") -> Any:
 def page_links(request: Request, next_value: Any = None, prev_value: Any = None) -> dict:
     """`links.self/next/prev` as absolute URLs: this request with another page[cursor]."""
 
-    def with_cursor(value: Any) -> str | None:
-        if value is None:
-            return None
-        return str(request.url.include_query_params(**{"page[cursor]": encode_cursor(value)}))
-
-    return {
-        "self": str(request.url),
-        "next": with_cursor(next_value),
-        "prev": with_cursor(prev_value),
-    }
+    # Klaviyo's CollectionLinks has no nullable members: an end of the list leaves the link out.
+    links = {"self": str(request.url)}
+    for name, value in (("next", next_value), ("prev", prev_value)):
+        if value is not None:
+            cursor = encode_cursor(value)
+            links[name] = str(request.url.include_query_params(**{"page[cursor]": cursor}))
+    return links
 
 
 @dataclass
