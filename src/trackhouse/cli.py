@@ -108,6 +108,39 @@ def _announce(first, settings) -> None:
 
 
 @main.group()
+def accounts() -> None:
+    """Manage accounts (each is a tenant: its own events, profiles, metrics and keys)."""
+
+
+@accounts.command("create")
+@DATA_DIR
+@click.option("--public-key", help="The 6-character company id (default: a random one).")
+def accounts_create(data_dir: Path, public_key: str | None) -> None:
+    """Create an account with an all-scopes private key; print both (the key only now)."""
+    from trackhouse.server import open_accounts
+
+    store = open_accounts(data_dir)
+    if public_key is not None and not (len(public_key) == 6 and public_key.isalnum()):
+        raise click.ClickException("a public key is 6 letters or digits")
+    if public_key and store.account_exists(public_key):
+        raise click.ClickException(f"account {public_key!r} exists already")
+    account_id = store.create_account(public_key)
+    secret, _ = store.create_key(account_id, label="created with the account")
+    click.echo(f"public key:  {account_id}")
+    click.echo(f"private key: {secret}")
+
+
+@accounts.command("list")
+@DATA_DIR
+def accounts_list(data_dir: Path) -> None:
+    """List accounts by public key."""
+    from trackhouse.server import open_accounts
+
+    for account_id in open_accounts(data_dir).account_ids():
+        click.echo(account_id)
+
+
+@main.group()
 def keys() -> None:
     """Manage private API keys (stored hashed)."""
 
