@@ -9,7 +9,6 @@ import pytest
 from conftest import (
     NEWEST,
     PRIVATE_KEY,
-    PUBLIC_KEY,
     bulk_body,
     bulk_event,
     event_body,
