@@ -71,8 +71,14 @@ def test_processing_killed_at_random_points_stores_each_acknowledged_event_once(
     while position(data) < head:
         proc = subprocess.Popen(command)
         if kills < MIN_KILLS * 4:  # after that, let it finish
-            # Random points: anywhere from start-up to deep into a batch.
-            time.sleep(rng.uniform(0.2, 1.2))
+            # Random points: mostly mid-batch once processing moves (however fast this machine
+            # is), sometimes during start-up.
+            if rng.random() < 0.8:
+                started = position(data)
+                deadline = time.monotonic() + 30
+                while position(data) == started and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.15))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1

@@ -106,10 +106,13 @@ def decode_json(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise invalid(f"The request body is not valid JSON: {exc}.") from None
     except UnicodeDecodeError:
         raise invalid("The request body is not valid UTF-8.") from None
+    except msgspec.DecodeError as exc:
+        # msgspec < 0.23 raised UnicodeDecodeError for bad UTF-8; later versions a DecodeError.
+        if "UTF-8" in str(exc):
+            raise invalid("The request body is not valid UTF-8.") from None
+        raise invalid(f"The request body is not valid JSON: {exc}.") from None
     except RecursionError:
         raise invalid("The request body is nested too deeply.") from None
 
