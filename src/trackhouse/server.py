@@ -115,6 +115,7 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
         stop.set()
         if thread is not None and processor is not None:
             processor.wake.set()
+            processor.hurry.set()
             thread.join()
             processor.close()
         log.close()

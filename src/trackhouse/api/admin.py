@@ -35,10 +35,12 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
     """Wait until everything in the log when called is processed; (position, head)."""
     store: SQLiteStore = request.app.state.store
     head = event_log(request).head()
+    processor = request.app.state.processor
     deadline = time.monotonic() + seconds
     while (position := store.position()) < head:
+        if processor is not None:
+            processor.hurry.set()
         if time.monotonic() >= deadline:
-            processor = request.app.state.processor
             trouble = processor and processor.last_error
             raise APIError(
                 503,

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from trackhouse.api import (
     admin,
@@ -36,12 +37,17 @@ def _both(path: str, endpoint: Callable, methods: list[str]) -> list[Route]:
     return [Route(path, endpoint, methods=methods), Route(path + "/", endpoint, methods=methods)]
 
 
-ROUTES: list[Route] = [
+# The ingestion hot path: answered straight from this table (FastWrites below).
+WRITES: list[Route] = [
     *_both("/api/events", events.create_event, ["POST"]),
     *_both("/client/events", events.create_client_event, ["POST"]),
     *_both("/api/event-bulk-create-jobs", bulk.create_bulk_job, ["POST"]),
-    *_both("/api/event-bulk-create-jobs/{job_id}", bulk.get_bulk_job, ["GET"]),
     *_both("/client/event-bulk-create", bulk.create_client_bulk, ["POST"]),
+]
+
+ROUTES: list[Route] = [
+    *WRITES,
+    *_both("/api/event-bulk-create-jobs/{job_id}", bulk.get_bulk_job, ["GET"]),
     *_both("/api/track", legacy.track, ["GET", "POST"]),
     *_both("/api/identify", legacy.identify, ["GET", "POST"]),
     *_both("/api/event-receipts/{receipt_id}", receipts.get_receipt, ["GET"]),
@@ -96,13 +102,40 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(APIError(500, "error", "An unexpected error occurred."))
 
 
+class FastWrites:
+    """POSTs to the write endpoints go straight to their handlers, found in a dict, instead of
+    through Starlette's middleware stack and its route-by-route regex scan: the same handlers
+    and the same JSON:API errors, for a fifth less time per request (bench/RESULTS.md).
+    Everything else is Starlette's."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+        self.endpoints = {route.path: route.endpoint for route in WRITES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except APIError as exc:
+            response = await _api_error(request, exc)
+        except Exception as exc:
+            response = await _unexpected(request, exc)
+        await response(scope, receive, send)
+
+
 def build_app(
     log: EventLog,
     accounts: AccountStore,
     store: SQLiteStore,
     processor: Processor | None,
     limiter: RateLimiter | None,
-) -> Starlette:
+) -> FastWrites:
     app = Starlette(
         routes=ROUTES,
         exception_handlers={
@@ -116,4 +149,4 @@ def build_app(
     app.state.store = store
     app.state.processor = processor  # None when processing runs elsewhere
     app.state.limiter = limiter  # None: rate limits off
-    return app
+    return FastWrites(app)

@@ -6,11 +6,11 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import Response
-from ulid import ULID
 
 from trackhouse.api import translate
 from trackhouse.api.accept import Caller, append, identify_caller, jsonapi_response
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
+from trackhouse.api.receipts import new_receipt_id
 from trackhouse.api.wire import EventCreate, FlatEventCreate
 from trackhouse.model import Submission
 
@@ -47,7 +47,7 @@ def parse_create_event(body: bytes, caller: Caller, received_at: float, source: 
         profile=profile,
         events=[event],
         metric_cap=rules.metric_cap,
-        receipt_id=str(ULID()),
+        receipt_id=new_receipt_id(),
     )
 
 

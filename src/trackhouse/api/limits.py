@@ -43,35 +43,65 @@ def check_json(value: Any, where: str) -> None:
 
     "No more than 10 nested levels" counts the objects inside `properties`, not `properties`
     itself (the reading that refuses less when the seeds' wording is ambiguous)."""
-    _walk(value, where, -1, 0)
+    try:
+        _walk(value, -1, 0)
+    except _Refused as refused:
+        # The path was collected innermost first while unwinding; only now is it a pointer.
+        raise invalid(refused.detail, where + pointer(*reversed(refused.path))) from None
 
 
-def _walk(value: Any, where: str, object_levels: int, nesting: int) -> None:
+class _Refused(Exception):
+    """A limit broken somewhere inside; `path` grows as the walk unwinds."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        self.path: list[str | int] = []
+
+
+_BIG_STRING = MAX_STRING_BYTES // 4  # shorter strings cannot pass the limit in UTF-8
+
+
+def _walk(value: Any, object_levels: int, nesting: int) -> None:
     kind = type(value)
-    if kind is str:
-        check_string(value, where)
-    elif kind is dict:
+    if kind is dict:
         object_levels += 1
         if object_levels > MAX_OBJECT_LEVELS:
-            raise invalid("Properties cannot contain more than 10 nested levels.", where)
-        if nesting >= MAX_ANY_NESTING:
-            raise invalid("Properties are nested too deeply.", where)
-        for key, item in value.items():
-            check_string(key, where)
-            _walk(item, f"{where}/{_escape(key)}", object_levels, nesting + 1)
+            raise _Refused("Properties cannot contain more than 10 nested levels.")
+        items: Any = value.items()
     elif kind is list:
         if len(value) > MAX_ARRAY_ITEMS:
-            raise invalid("An array cannot have more than 4000 elements.", where)
-        if nesting >= MAX_ANY_NESTING:
-            raise invalid("Properties are nested too deeply.", where)
-        for i, item in enumerate(value):
-            _walk(item, f"{where}/{i}", object_levels, nesting + 1)
-    elif kind is int and not INT64[0] <= value <= INT64[1]:
-        raise invalid("Integers must fit in 64 bits (signed).", where)
+            raise _Refused("An array cannot have more than 4000 elements.")
+        items = enumerate(value)
+    else:
+        _check_scalar(value)
+        return
+    if nesting >= MAX_ANY_NESTING:
+        raise _Refused("Properties are nested too deeply.")
+    # Scalars are checked inline: a call per scalar would cost more than the checks (this runs
+    # on every property of every event).
+    for key, item in items:
+        try:
+            if type(key) is str and len(key) > _BIG_STRING:
+                _check_scalar(key)
+            kind = type(item)
+            if kind is str:
+                if len(item) > _BIG_STRING:
+                    _check_scalar(item)
+            elif kind is dict or kind is list:
+                _walk(item, object_levels, nesting + 1)
+            elif kind is int:
+                _check_scalar(item)
+        except _Refused as refused:
+            refused.path.append(key)
+            raise
 
 
-def _escape(key: str) -> str:
-    return pointer(key)[1:]
+def _check_scalar(value: Any) -> None:
+    kind = type(value)
+    if kind is str and len(value) > _BIG_STRING and len(value.encode()) > MAX_STRING_BYTES:
+        raise _Refused("A single string cannot be larger than 100 KB.")
+    if kind is int and not INT64[0] <= value <= INT64[1]:
+        raise _Refused("Integers must fit in 64 bits (signed).")
 
 
 def check_event_properties(properties: dict[str, Any], where: str, max_count: int) -> None:

@@ -6,6 +6,7 @@ as a `RevisionRules` value; nothing else in trackhouse compares revision dates.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -68,6 +69,15 @@ def parse_revision(
     header: str | None, fall_forward_opt_out: bool = False, today: date | None = None
 ) -> tuple[date, RevisionRules]:
     """Validate a `revision` header and return its date and rules (or raise the API error)."""
+    return _parse_revision(header, fall_forward_opt_out, today or datetime.now(UTC).date())
+
+
+# Clients send the same few headers over and over: remember the answers (errors are raised
+# afresh each time, lru_cache keeps only returns). Keyed by day, so "future" moves on.
+@functools.lru_cache(maxsize=256)
+def _parse_revision(
+    header: str | None, fall_forward_opt_out: bool, today: date
+) -> tuple[date, RevisionRules]:
     if header is None or not header.strip():
         raise APIError(
             400,
@@ -87,7 +97,6 @@ def parse_revision(
             f"Invalid revision '{header[:40]}' (format: YYYY-MM-DD[.suffix]).",
             parameter="revision",
         ) from None
-    today = today or datetime.now(UTC).date()
     if day > today:
         raise APIError(
             404, "not_found", "Unable to specify a future revision date.", parameter="revision"

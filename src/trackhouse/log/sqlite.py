@@ -54,19 +54,26 @@ class _Pending:
     future: asyncio.Future[None]
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():  # the request was cancelled (client went away) meanwhile
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():  # the request was cancelled (client went away) meanwhile
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
-def _wake(pending: _Pending, error: BaseException | None) -> None:
-    # RuntimeError: that event loop is closed, so nobody is waiting any more.
-    with contextlib.suppress(RuntimeError):
-        pending.loop.call_soon_threadsafe(_resolve, pending.future, error)
+def _wake(batch: list[_Pending], error: BaseException | None) -> None:
+    """Resolve the batch's futures with one callback per event loop: a thread-safe call costs a
+    write to the loop's self-pipe, too much to pay per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for p in batch:
+        by_loop.setdefault(p.loop, []).append(p.future)
+    for loop, futures in by_loop.items():
+        # RuntimeError: that event loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve_all, futures, error)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -128,8 +135,7 @@ class SQLiteLog:
                         listener()
                 with self._cond:
                     self._pending_bytes -= sum(p.size for p in batch)
-                for p in batch:
-                    _wake(p, error)
+                _wake(batch, error)
                 batch = []
         finally:
             # However the writer ends, nobody is left waiting and nothing new is accepted.
@@ -137,34 +143,30 @@ class SQLiteLog:
                 self._closing = True
                 left = batch + list(self._queue)
                 self._queue.clear()
-            for p in left:
-                _wake(p, LogUnavailable("the log writer stopped"))
+            _wake(left, LogUnavailable("the log writer stopped"))
 
     def _commit(self, batch: list[_Pending]) -> BaseException | None:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for p in batch:
-                conn.executemany(
-                    "INSERT INTO entries (account_id, job_id, receipt_id, submission)"
-                    " VALUES (?, ?, ?, ?)",
-                    p.rows,
-                )
-                if p.job is not None:
-                    # One writer, one executemany: the job's entries are consecutive.
-                    (last,) = conn.execute("SELECT max(seq) FROM entries").fetchone()
-                    j = p.job
-                    conn.execute(
-                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            j.id,
-                            j.account_id,
-                            j.created_at,
-                            j.event_count,
-                            j.submission_count,
-                            last - len(p.rows) + 1,
-                        ),
-                    )
+            # One statement for the whole batch; with one writer its rows get consecutive seqs.
+            rows = [row for p in batch for row in p.rows]
+            conn.executemany(
+                "INSERT INTO entries (account_id, job_id, receipt_id, submission)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            if any(p.job is not None for p in batch):
+                (last,) = conn.execute("SELECT max(seq) FROM entries").fetchone()
+                first_seq = last - len(rows) + 1
+                for p in batch:
+                    if (j := p.job) is not None:
+                        job_row = (j.id, j.account_id, j.created_at, j.event_count)
+                        conn.execute(
+                            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
+                            (*job_row, j.submission_count, first_seq),
+                        )
+                    first_seq += len(p.rows)
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, locked, … : nothing was written
             if conn.in_transaction:

@@ -36,6 +36,11 @@ BATCH_ENTRIES = 500
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this much encoded log data per batch
 # Event rowids are seq * EVENTS_PER_ENTRY + index: a submission holds at most 1,000 events.
 EVENTS_PER_ENTRY = 1000
+# Once caught up, wait this long for more entries before the next batch: per batch the store
+# pays a transaction and an fsync, and a processor sharing the API's process (and GIL) that
+# runs a batch per request halved the accepted requests/s (bench/RESULTS.md). It adds at most
+# this much to the accept→stored lag; /admin/wait and shutdown cut it short (`hurry`).
+LINGER_SECONDS = 0.05
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
@@ -56,6 +61,7 @@ class Processor:
         self._metric_counts: dict[str, int] = {}
         self.position = store.position(POSITION)
         self.wake = threading.Event()  # set by the log after each commit
+        self.hurry = threading.Event()  # set to skip the linger (a waiter, shutdown)
         self.lock = threading.Lock()  # one batch (or reset) at a time
         self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
 
@@ -76,9 +82,13 @@ class Processor:
                 continue
             self.last_error = None
             backoff = 0.05
+            if processed >= BATCH_ENTRIES:
+                continue  # a backlog: no waiting
             if not processed:
                 self.wake.wait(0.25)
                 self.wake.clear()
+            if not stop.is_set() and self.hurry.wait(LINGER_SECONDS):
+                self.hurry.clear()
 
     def run_once(self, max_entries: int = BATCH_ENTRIES) -> int:
         """Process the next batch of log entries; returns how many there were."""
