@@ -2,13 +2,15 @@
 # Every benchmark, one after the other, into bench/RESULTS.md:
 #   1. bench/ingest.py (its own "Ingest" section, plot bench/ingest-concurrency.png);
 #   2. bench/process.py and 3. bench/read.py with their defaults, their output pasted under
-#      their own headings.
+#      their own headings;
+#   4. bench/memory.py (its own "memory" section: the server's RSS after 10,000,000 events).
 # Each benchmark replaces only its own section of RESULTS.md; the others are kept.
 #
 #   bench/run_all.sh                      # all defaults (read.py builds a 3.9 GB store once)
 #   bench/run_all.sh --runs 2             # arguments go to bench/ingest.py
 #   PROCESS_ARGS="--prefill 100000 --measure 50000 --lag-seconds 5" \
-#   READ_ARGS="--events 200000 --profiles 20000 --requests 300" bench/run_all.sh   # a quick look
+#   READ_ARGS="--events 200000 --profiles 20000 --requests 300" \
+#   MEMORY_ARGS="--events 300000 --profiles 30000" bench/run_all.sh   # a quick look
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -54,4 +56,7 @@ run() {  # NAME TITLE SCRIPT ARGS...
 run process "Processing (\`bench/process.py\`)" bench/process.py ${PROCESS_ARGS:-}
 # shellcheck disable=SC2086
 run read "Reads (\`bench/read.py\`)" bench/read.py ${READ_ARGS:-}
+echo "== bench/memory.py ${MEMORY_ARGS:-}"
+# shellcheck disable=SC2086
+$PY bench/memory.py --results "$RESULTS" ${MEMORY_ARGS:-}
 echo "written to $RESULTS"
