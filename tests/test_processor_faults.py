@@ -110,3 +110,36 @@ def test_an_entry_that_breaks_processing_is_rejected_alone(parts, monkeypatch):
     assert [outcomes(store, n) for n in (1, 2, 3)] == [["stored"], ["rejected"], ["stored"]]
     (detail,) = [o.detail for o in store.receipt_outcomes("acct01", "r2")]
     assert "internal error: KeyError('a bug')" in detail
+
+
+def test_profile_cache_is_bounded_in_bytes_and_dropping_it_changes_no_answer(parts, monkeypatch):
+    """Big profiles fill the cache's byte budget long before its entry count matters; once
+    past it the cache is dropped at the batch boundary, and profiles are read back from the
+    store: the same person still lands on the same profile."""
+    from trackhouse.process import identity
+
+    log, store, processor = parts
+    monkeypatch.setattr(identity, "MAX_CACHED_BYTES", 200_000)
+    big = {"notes": "y" * 30_000}  # ~30 KB each encoded: the budget holds a handful
+
+    def person(n: int, unique: str) -> Submission:
+        return Submission(
+            account_id="acct01",
+            received_at=1_700_000_000.0,
+            source="api",
+            profile=ProfileChange(email=f"big{n}@klaviyo-demo.com", properties=big),
+            events=[Event(metric="Viewed", time=1_700_000_000, unique_id=unique)],
+            receipt_id=f"{unique}-{n}",
+        )
+
+    append(log, [person(n, "a") for n in range(10)])
+    processor.run_once()
+    book = processor.book
+    # Ten 30 KB profiles are well past 200 KB, so the batch ended by dropping the cache.
+    assert book.cached_bytes() == 0 and not book._profiles and not book._owners
+    append(log, [person(n, "b") for n in range(10)])
+    processor.run_once()
+    first = [store.receipt_outcomes("acct01", f"a-{n}")[0].profile_id for n in range(10)]
+    second = [store.receipt_outcomes("acct01", f"b-{n}")[0].profile_id for n in range(10)]
+    assert first == second and len(set(first)) == 10
+    assert store.outcome_counts() == {"stored": 20, "deduplicated": 0, "rejected": 0}

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
-from ulid import ULID
 
 from trackhouse.api import limits, translate
 from trackhouse.api.accept import (
@@ -32,6 +31,7 @@ from trackhouse.api.revision import (
     require_since,
 )
 from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
+from trackhouse.ids import new_ulid
 from trackhouse.log import BulkJob
 from trackhouse.model import Event, ProfileChange, Submission
 from trackhouse.store.sqlite import OUTCOMES, Outcome
@@ -132,7 +132,7 @@ async def create_bulk_job(request: Request) -> Response:
     wheres = [f"{groups_at}/{i}" for i in range(len(groups))]
     parsed = parse_groups(groups, wheres, groups_at, caller, int(received_at), from_client=False)
     job = BulkJob(
-        id=str(ULID()),
+        id=new_ulid(),
         account_id=caller.account_id,
         created_at=datetime.fromtimestamp(received_at, UTC).isoformat(timespec="seconds"),
         event_count=sum(len(events) for _, events in parsed),

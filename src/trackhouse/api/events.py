@@ -10,8 +10,8 @@ from starlette.responses import Response
 from trackhouse.api import translate
 from trackhouse.api.accept import Caller, append, identify_caller, jsonapi_response
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
-from trackhouse.api.receipts import new_receipt_id
 from trackhouse.api.wire import EventCreate, FlatEventCreate
+from trackhouse.ids import new_ulid
 from trackhouse.model import Submission
 
 MAX_BODY = 5 * MB
@@ -47,7 +47,7 @@ def parse_create_event(body: bytes, caller: Caller, received_at: float, source: 
         profile=profile,
         events=[event],
         metric_cap=rules.metric_cap,
-        receipt_id=new_receipt_id(),
+        receipt_id=new_ulid(),
     )
 
 

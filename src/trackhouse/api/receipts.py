@@ -6,26 +6,12 @@ this shows whether that submission is still queued or, once processed, each even
 
 from __future__ import annotations
 
-import random
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
-from ulid import ULID
 
 from trackhouse.api.accept import absolute_url, event_log, identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
 from trackhouse.store.sqlite import Outcome, event_id
-
-# Receipt ids are looked up within the caller's account only, so they need to be unique, not
-# secret: a seeded Mersenne Twister, not a system call per request as ULID() makes.
-_random = random.Random()
-
-
-def new_receipt_id() -> str:
-    """A ULID (time-ordered, 26 characters) for a single create's receipt."""
-    millis = time.time_ns() // 1_000_000
-    return str(ULID.from_bytes(millis.to_bytes(6, "big") + _random.getrandbits(80).to_bytes(10)))
 
 
 def outcome_json(o: Outcome) -> dict:

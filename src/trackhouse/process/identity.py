@@ -12,15 +12,18 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from ulid import ULID
-
+from trackhouse.ids import new_ulid
 from trackhouse.model import ProfileChange
 from trackhouse.process.profiles import MAX_EMAILS, Profile, decode_profile, encode_profile
 
 Key = tuple[str, str, str]  # (account_id, kind, value)
 
-# Caches are dropped whole past this many entries (at a batch boundary), bounding memory.
-MAX_CACHED = 200_000
+# Caches are dropped whole (at a batch boundary) once they hold about this much: an estimate
+# from each cached profile's encoded size and a per-entry overhead (a Python object is several
+# times its msgpack encoding), so that memory is bounded in bytes whatever the profiles hold.
+MAX_CACHED_BYTES = 96 * 1024 * 1024
+PROFILE_OVERHEAD = 600  # bytes per cached profile beside 4× its encoding
+OWNER_BYTES = 250  # per cached identifier → profile entry
 
 
 def identifier_value(kind: str, value: str) -> str:
@@ -41,6 +44,8 @@ class ProfileBook:
         self._owners: dict[Key, str] = {}
         self._profiles: dict[str, Profile] = {}
         self._dirty: set[str] = set()
+        self._sizes: dict[str, int] = {}  # encoded size of each cached profile
+        self._profile_bytes = 0
 
     def owner(self, account_id: str, kind: str, value: str) -> str | None:
         key = (account_id, kind, value)
@@ -64,10 +69,11 @@ class ProfileBook:
             if row is None:
                 return None
             profile = self._profiles[profile_id] = decode_profile(row[0])
+            self._sized(profile_id, len(row[0]))
         return profile if profile.account_id == account_id else None
 
     def create(self, account_id: str, now: str) -> Profile:
-        profile = Profile(id=str(ULID()), account_id=account_id, created=now, updated=now)
+        profile = Profile(id=new_ulid(), account_id=account_id, created=now, updated=now)
         self._profiles[profile.id] = profile
         self._dirty.add(profile.id)
         return profile
@@ -89,21 +95,32 @@ class ProfileBook:
         self._owners.pop(key, None)
 
     def flush(self) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (p.id, p.account_id, encode_profile(p), p.created, p.updated, p.last_event_time)
-                for p in (self._profiles[pid] for pid in self._dirty)
-            ],
-        )
+        rows = []
+        for pid in self._dirty:
+            p = self._profiles[pid]
+            doc = encode_profile(p)
+            self._sized(pid, len(doc))
+            rows.append((p.id, p.account_id, doc, p.created, p.updated, p.last_event_time))
+        self.conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)", rows)
         self._dirty.clear()
-        if len(self._profiles) + len(self._owners) > MAX_CACHED:
+        if self.cached_bytes() > MAX_CACHED_BYTES:
             self.forget()
+
+    def _sized(self, profile_id: str, size: int) -> None:
+        self._profile_bytes += size - self._sizes.get(profile_id, 0)
+        self._sizes[profile_id] = size
+
+    def cached_bytes(self) -> int:
+        """An estimate of the memory the caches hold."""
+        profiles = len(self._profiles) * PROFILE_OVERHEAD + 4 * self._profile_bytes
+        return profiles + len(self._owners) * OWNER_BYTES
 
     def forget(self) -> None:
         self._owners.clear()
         self._profiles.clear()
         self._dirty.clear()
+        self._sizes.clear()
+        self._profile_bytes = 0
 
 
 @dataclass
