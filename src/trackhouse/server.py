@@ -34,6 +34,16 @@ class Settings:
     process: bool = True  # run the processor in the serving process
 
 
+def collect_less() -> None:
+    """Tune the garbage collector for a long-running server. A 200-event page allocates tens
+    of thousands of objects; with the default thresholds the collections they trigger doubled
+    the p99 of shaping a page (in-process, 2,000 pages of a 10,000,000-event store: 7.5 ms →
+    4.7 ms), and they cost the processor a quarter of its time (single-event submissions: 60 →
+    46 µs an event). Collect less often, and keep what start-up made out of the way."""
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
+
+
 def open_accounts(data_dir: Path) -> AccountStore:
     data_dir.mkdir(parents=True, exist_ok=True)
     return AccountStore(data_dir / STORE_FILE)
@@ -103,12 +113,7 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
             server_header=False,
             timeout_graceful_shutdown=30,
         )
-        # A 200-event page allocates tens of thousands of objects; with the default collector
-        # thresholds the collections they trigger doubled the p99 of shaping a page (measured
-        # in-process over 2,000 pages of a 10,000,000-event store: 7.5 ms → 4.7 ms). Collect
-        # less often, and keep what start-up made out of the collector's way.
-        gc.set_threshold(50_000, 20, 100)
-        gc.freeze()
+        collect_less()
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         # In-flight requests are done; finish the batch in hand, then commit what is queued.
@@ -128,6 +133,7 @@ def process_only(data_dir: Path, stop: threading.Event) -> None:
     log = SQLiteLog(data_dir / LOG_FILE)
     store = SQLiteStore(data_dir / STORE_FILE)
     processor = Processor(log, store)
+    collect_less()
     try:
         processor.run(stop)
     finally:

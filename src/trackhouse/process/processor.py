@@ -14,6 +14,7 @@ ends `rejected`, with the error as its reason.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import sqlite3
@@ -48,8 +49,13 @@ Result = tuple[str, int | None, str | None]  # outcome, event rowid, detail
 OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes]
 
 
+@functools.lru_cache(maxsize=64)  # a batch's submissions arrived within a few seconds
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+
+
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    return _iso_second(int(seconds))
 
 
 class Processor:
