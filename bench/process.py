@@ -7,8 +7,11 @@ Pinned to one core. Three phases, in one run:
    events table with its dedup index (what SQLite alone costs: the ceiling);
 2. throughput: the processor over `--measure` events appended to a log, into a store that
    already holds `--prefill` events (put there by the processor itself);
-3. lag: events appended at a steady `--rate` per second while the processor runs; the lag of
-   an event is the time from its log commit (what a 202 waits for) to its batch's commit.
+3. lag: events appended at a steady `--rate` per second while the processor runs its own loop
+   (`Processor.run`, as in `trackhouse serve`: woken by log commits, lingering up to 50 ms for
+   a batch once caught up); the lag of an event is the time from its log commit (what a 202
+   waits for) to its batch's commit.
+The processor runs with the collector settings the server uses (`server.collect_less`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import msgspec
 from trackhouse.log.sqlite import SQLiteLog
 from trackhouse.model import Event, ProfileChange, Submission
 from trackhouse.process.processor import Processor
+from trackhouse.server import collect_less
 from trackhouse.store.sqlite import SCHEMA, SQLiteStore
 
 GROUP = 10  # events per submission (one bulk profile group)
@@ -108,7 +112,6 @@ def lag_run(log: SQLiteLog, processor: Processor, rate: int, seconds: float) -> 
     """Append `rate` events/s for `seconds` while processing; each event's lag in seconds."""
     committed: dict[int, float] = {}  # submission seq -> log commit time
     lags: list[float] = []
-    stop = threading.Event()
     start_seq = log.head()
 
     def produce() -> None:
@@ -125,20 +128,35 @@ def lag_run(log: SQLiteLog, processor: Processor, rate: int, seconds: float) -> 
             for seq in range(head - len(subs) + 1, head + 1):
                 committed[seq] = now
             time.sleep(max(0.0, t0 + (tick + 1) / 20 - time.perf_counter()))
-        stop.set()
 
+    # The processor runs its own loop, as in `trackhouse serve` (woken by log commits, lingering
+    # for a batch once caught up); each batch's commit time is recorded as it happens.
+    batches: list[tuple[int, int, float]] = []  # first seq, last seq, commit time
+    commit = processor._commit
+
+    def timed_commit(entries, apply) -> None:  # type: ignore[no-untyped-def]
+        commit(entries, apply)
+        batches.append((entries[0].seq, entries[-1].seq, time.perf_counter()))
+
+    processor._commit = timed_commit  # type: ignore[method-assign]
+    log.on_commit(processor.wake.set)
+    halt = threading.Event()
+    runner = threading.Thread(target=processor.run, args=(halt,), name="processor")
+    runner.start()
     producer = threading.Thread(target=produce)
     producer.start()
-    while not stop.is_set() or processor.position < log.head():
-        before = processor.position
-        if not processor.run_once():
-            time.sleep(0.002)
-            continue
-        done = time.perf_counter()
-        for seq in range(max(before, start_seq) + 1, processor.position + 1):
+    producer.join()
+    while processor.position < log.head():
+        time.sleep(0.01)
+    halt.set()
+    processor.hurry.set()
+    processor.wake.set()
+    runner.join()
+    processor._commit = commit  # type: ignore[method-assign]
+    for first, last, done in batches:
+        for seq in range(max(first, start_seq + 1), last + 1):
             if seq in committed:
                 lags += [done - committed[seq]] * GROUP
-    producer.join()
     return lags
 
 
@@ -165,6 +183,7 @@ def main() -> None:
     log = SQLiteLog(work / "log.sqlite3")
     store = SQLiteStore(work / "store.sqlite3")
     processor = Processor(log, store)
+    collect_less()  # the collector settings `trackhouse serve` and `trackhouse process` use
     t = time.perf_counter()
     for start in range(0, args.prefill, 100_000):
         append(log, submissions(start, min(100_000, args.prefill - start), 100_000, time.time()))
