@@ -48,7 +48,9 @@ def event_log(request: Request) -> EventLog:
 
 def rate_limit(request: Request, account_id: str, endpoint_class: str) -> dict[str, str]:
     limiter: RateLimiter | None = request.app.state.limiter
-    headers = {} if limiter is None else limiter.hit(account_id, endpoint_class)
+    if limiter is None:
+        return {}
+    headers = limiter.hit(account_id, endpoint_class)
     # Kept for the error handler: a counted request that then fails still reports its window.
     request.state.ratelimit_headers = headers
     return headers
