@@ -8,7 +8,7 @@ Pinned to one core. Three phases, in one run:
 2. throughput: the processor over `--measure` events appended to a log, into a store that
    already holds `--prefill` events (put there by the processor itself);
 3. lag: events appended at a steady `--rate` per second while the processor runs its own loop
-   (`Processor.run`, as in `trackhouse serve`: woken by log commits, lingering up to 50 ms for
+   (`Processor.run`, as in `trackhouse serve`: woken by log commits, lingering up to 100 ms for
    a batch once caught up); the lag of an event is the time from its log commit (what a 202
    waits for) to its batch's commit.
 The processor runs with the collector settings the server uses (`server.collect_less`).

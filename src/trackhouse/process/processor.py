@@ -33,15 +33,17 @@ from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
 logger = logging.getLogger("trackhouse.process")
 
 POSITION = "processor"
-BATCH_ENTRIES = 500
+BATCH_ENTRIES = 1000
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this much encoded log data per batch
 # Event rowids are seq * EVENTS_PER_ENTRY + index: a submission holds at most 1,000 events.
 EVENTS_PER_ENTRY = 1000
 # Once caught up, wait this long for more entries before the next batch: per batch the store
-# pays a transaction and an fsync, and a processor sharing the API's process (and GIL) that
-# runs a batch per request halved the accepted requests/s (bench/RESULTS.md). It adds at most
-# this much to the accept→stored lag; /admin/wait and shutdown cut it short (`hurry`).
-LINGER_SECONDS = 0.05
+# pays a transaction and an fsync and rewrites each touched profile once, and a processor
+# sharing the API's process (and GIL) that ran a batch per request halved the accepted
+# requests/s (bench/RESULTS.md; 0 → 50 ms: 2,300 → 3,200 req/s, 50 → 100 ms with 1,000-entry
+# batches: 5,400 → 6,100). It adds at most this much to the accept→stored lag; /admin/wait and
+# shutdown cut it short (`hurry`).
+LINGER_SECONDS = 0.1
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
