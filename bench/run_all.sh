@@ -21,6 +21,7 @@ $PY bench/ingest.py --results "$RESULTS" "$@"
 
 paste_section() {  # NAME TITLE COMMAND OUTPUT_FILE
     $PY - "$@" "$RESULTS" <<'PY'
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ from ingest import replace_section
 name, title, command, output, results = sys.argv[1:6]
 # Progress lines rewritten in place with \r: keep what was printed last.
 lines = [line.split("\r")[-1] for line in Path(output).read_text().splitlines()]
+# Progress lines (read.py's "  1,200,000 events (6 s)" while it builds its store) are dropped.
+lines = [line for line in lines if not re.fullmatch(r"\s+([\d,]+ events \(\d+ s\)|building .*)", line)]
 date = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 body = "\n".join(line for line in lines if line.strip())
 replace_section(
