@@ -40,7 +40,21 @@ def main() -> None:
     is_flag=True,
     help="Only accept events into the log; run `trackhouse process` to process them.",
 )
-def serve(data_dir: Path, host: str, port: int, no_rate_limits: bool, no_process: bool) -> None:
+@click.option(
+    "--max-backlog",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Log entries processing may fall behind before writes get 503 (0: no bound; default "
+    "$TRACKHOUSE_MAX_BACKLOG or 1,000,000).",
+)
+def serve(
+    data_dir: Path,
+    host: str,
+    port: int,
+    no_rate_limits: bool,
+    no_process: bool,
+    max_backlog: int | None,
+) -> None:
     """Serve the API and process events, on the embedded default (SQLite under --data-dir)."""
     from trackhouse.server import Settings
     from trackhouse.server import serve as run
@@ -48,6 +62,8 @@ def serve(data_dir: Path, host: str, port: int, no_rate_limits: bool, no_process
     settings = Settings(data_dir=data_dir, host=host, port=port, process=not no_process)
     if no_rate_limits:
         settings.rate_limits = None
+    if max_backlog is not None:
+        settings.max_backlog = max_backlog or None
     run(settings, _announce)
 
 
@@ -104,6 +120,9 @@ def _announce(first, settings) -> None:
     limits = "off" if settings.rate_limits is None else "on"
     click.echo(f"  rate limits: {limits}")
     click.echo(f"  processing:  {'in this process' if settings.process else 'off (--no-process)'}")
+    n = settings.max_backlog
+    bound = f"writes get 503 past {n:,} unprocessed log entries" if n else "no bound"
+    click.echo(f"  backlog:     {bound}")
     click.echo(f"  Python SDK:  KlaviyoAPI(private_key, test_host='{url}')")
 
 

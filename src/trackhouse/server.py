@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 import uvicorn
 
 from trackhouse.api.app import build_app
+from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, PolledPosition
+from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
 from trackhouse.log.sqlite import SQLiteLog
 from trackhouse.process.processor import Processor
@@ -32,6 +35,12 @@ class Settings:
         default_factory=lambda: parse_limits(os.environ.get("TRACKHOUSE_RATE_LIMITS"))
     )
     process: bool = True  # run the processor in the serving process
+    # How many log entries processing may fall behind before writes get 503 (None: no bound).
+    max_backlog: int | None = field(
+        default_factory=lambda: (
+            int(os.environ.get("TRACKHOUSE_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)) or None
+        )
+    )
 
 
 def collect_less() -> None:
@@ -82,6 +91,18 @@ def ensure_account(accounts: AccountStore) -> FirstStart:
     return FirstStart(account_id, secret, admin_secret)
 
 
+def backlog_bound(
+    settings: Settings, log: SQLiteLog, store: SQLiteStore, processor: Processor | None
+) -> Backlog | None:
+    """The processed position comes from the processor in this process, or else from the
+    store, which `trackhouse process` updates from its own process."""
+    if not settings.max_backlog:
+        return None
+    if processor is not None:
+        return Backlog(log, lambda: processor.position, settings.max_backlog)
+    return Backlog(log, PolledPosition(store.position), settings.max_backlog)
+
+
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
     """The API and (unless settings.process is off) the processor, in one process."""
     accounts = open_accounts(settings.data_dir)
@@ -101,12 +122,14 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
             thread = threading.Thread(target=processor.run, args=(stop,), name="processor")
             thread.start()
         limiter = None if settings.rate_limits is None else RateLimiter(settings.rate_limits)
-        app = build_app(log, accounts, store, processor, limiter)
+        app = build_app(
+            log, accounts, store, processor, limiter, backlog_bound(settings, log, store, processor)
+        )
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=BoundedHttpTools,  # httptools, with deadlines and a size bound for heads
             loop="auto",
             access_log=False,
             log_level="warning",
@@ -114,6 +137,12 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
             timeout_graceful_shutdown=30,
         )
         collect_less()
+        # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again under the
+        # handler that was there before it: with the default one the process would die right
+        # there, before the processor finishes its batch and the log and store are closed.
+        # Handlers that do nothing let `finally` below run, and the process exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         # In-flight requests are done; finish the batch in hand, then commit what is queued.

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import auth
+from trackhouse.api.backpressure import Backlog
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.api.revision import RevisionRules, parse_revision
@@ -77,6 +78,9 @@ def identify_caller(
 
 async def append(request: Request, submissions: list[Submission], job: BulkJob | None = None):
     """Commit to the log; only after this returns may the request be acknowledged."""
+    backlog: Backlog | None = request.app.state.backlog
+    if backlog is not None:
+        backlog.check()
     try:
         await event_log(request).append(submissions, job)
     except LogOverloaded:

@@ -19,9 +19,11 @@ from trackhouse.api import (
     events,
     legacy,
     metrics,
+    openapi,
     profiles,
     receipts,
 )
+from trackhouse.api.backpressure import Backlog
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
@@ -64,6 +66,7 @@ ROUTES: list[Route] = [
     *_both("/api/metric-aggregates", metrics.query_metric_aggregates, ["POST"]),
     *_both("/api/profiles", profiles.get_profiles, ["GET"]),
     *_both("/api/profiles/{profile_id}", profiles.get_profile, ["GET"]),
+    *_both("/openapi.json", openapi.get_openapi, ["GET"]),
     Route("/admin/wait", admin.wait, methods=["POST"]),
     Route("/admin/reset", admin.reset, methods=["POST"]),
 ]
@@ -135,6 +138,7 @@ def build_app(
     store: SQLiteStore,
     processor: Processor | None,
     limiter: RateLimiter | None,
+    backlog: Backlog | None = None,
 ) -> FastWrites:
     app = Starlette(
         routes=ROUTES,
@@ -149,4 +153,5 @@ def build_app(
     app.state.store = store
     app.state.processor = processor  # None when processing runs elsewhere
     app.state.limiter = limiter  # None: rate limits off
+    app.state.backlog = backlog  # None: no bound on how far processing may fall behind
     return FastWrites(app)

@@ -24,6 +24,8 @@ TITLES = {
     "gone": "Gone.",
     "conflict": "Conflict.",
     "payload_too_large": "Request entity too large.",
+    "request_timeout": "Request timeout.",
+    "request_header_fields_too_large": "Request header fields too large.",
     "unsupported_media_type": "Unsupported media type.",
     "throttled": "Request was throttled.",
     "service_unavailable": "Service unavailable.",

@@ -39,6 +39,9 @@ class LogEntry:
 
 
 class EventLog(Protocol):
+    # The newest committed position, kept in memory: cheap enough to read on every request.
+    committed: int
+
     async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
         """Commit the submissions (and the job they belong to) durably, all or nothing."""
 

@@ -89,6 +89,9 @@ class SQLiteLog:
         self.max_pending_bytes = max_pending_bytes
         self._writer = connect(path)
         self._writer.executescript(SCHEMA)
+        (self.committed,) = self._writer.execute(
+            "SELECT coalesce(max(seq), 0) FROM entries"
+        ).fetchone()
         self._reader = connect(path)
         self._read_lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
@@ -156,8 +159,8 @@ class SQLiteLog:
                 " VALUES (?, ?, ?, ?)",
                 rows,
             )
+            (last,) = conn.execute("SELECT max(seq) FROM entries").fetchone()
             if any(p.job is not None for p in batch):
-                (last,) = conn.execute("SELECT max(seq) FROM entries").fetchone()
                 first_seq = last - len(rows) + 1
                 for p in batch:
                     if (j := p.job) is not None:
@@ -168,6 +171,7 @@ class SQLiteLog:
                         )
                     first_seq += len(p.rows)
             conn.execute("COMMIT")
+            self.committed = last
         except Exception as exc:  # disk full, read-only, locked, … : nothing was written
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):

@@ -1,0 +1,57 @@
+"""Refusing writes while processing is too far behind.
+
+The log may run at most `max_entries` entries ahead of the processed position. Past that,
+writes are refused with 503 and `Retry-After` before anything is logged, rather than letting
+the backlog, and with it the accept→stored lag, grow without bound; they are accepted again
+as soon as processing catches up. Reads are never refused for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from trackhouse.api.errors import APIError
+from trackhouse.log import EventLog
+
+DEFAULT_MAX_BACKLOG = 1_000_000  # log entries (a single create is one; a bulk job one a profile)
+RETRY_AFTER_SECONDS = 2
+
+
+class Backlog:
+    def __init__(self, log: EventLog, processed: Callable[[], int], max_entries: int) -> None:
+        self.log = log
+        self.processed = processed
+        self.max_entries = max_entries
+
+    def behind(self) -> int:
+        return self.log.committed - self.processed()
+
+    def check(self) -> None:
+        """Raise the 503 when the backlog has reached its bound."""
+        behind = self.behind()
+        if behind >= self.max_entries:
+            raise APIError(
+                503,
+                "service_unavailable",
+                f"Processing is {behind:,} log entries behind (the bound is "
+                f"{self.max_entries:,}); nothing was stored. Retry shortly.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+
+
+class PolledPosition:
+    """The processed position read from the store, at most every `interval` seconds: for
+    processing in another process. A stale answer only overstates the backlog."""
+
+    def __init__(self, read: Callable[[], int], interval: float = 0.25) -> None:
+        self.read = read
+        self.interval = interval
+        self._value = read()
+        self._at = time.monotonic()
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= self.interval:
+            self._value, self._at = self.read(), now
+        return self._value
