@@ -7,8 +7,6 @@ same limit on its inflated size, so a gzip bomb costs at most the limit in memor
 
 from __future__ import annotations
 
-import asyncio
-import os
 import zlib
 from typing import Any, TypeVar
 
@@ -19,8 +17,6 @@ from trackhouse.api.errors import APIError, from_validation_error, invalid
 
 MB = 1024 * 1024
 JSON_TYPES = ("application/json", "application/vnd.api+json")
-# The whole body must arrive within this long once the headers are in.
-BODY_SECONDS = float(os.environ.get("TRACKHOUSE_BODY_TIMEOUT", "30"))
 T = TypeVar("T")
 
 
@@ -55,33 +51,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     size = 0
     raw = 0
     try:
-        # A client that trickles its body (slowloris) is cut off, not waited for forever.
-        async with asyncio.timeout(BODY_SECONDS):
-            async for chunk in request.stream():
-                raw += len(chunk)
-                if inflater is not None:
-                    if raw > limit:  # compressed data larger than the inflated limit: refuse
-                        raise _too_large(limit)
-                    try:
-                        # max_length bounds this call's output; the rest stays in the inflater.
-                        chunk = inflater.decompress(chunk, limit + 1 - size)
-                    except zlib.error:
-                        raise invalid("The request body is not valid gzip data.") from None
-                    if inflater.unconsumed_tail:
-                        raise _too_large(limit)
-                size += len(chunk)
-                if size > limit:
+        # A body that stops arriving is cut off by the HTTP protocol's deadline (api/http.py).
+        async for chunk in request.stream():
+            raw += len(chunk)
+            if inflater is not None:
+                if raw > limit:  # compressed data larger than the inflated limit: refuse early
                     raise _too_large(limit)
-                chunks.append(chunk)
+                try:
+                    # max_length bounds the output of this call; leftovers stay in the inflater.
+                    chunk = inflater.decompress(chunk, limit + 1 - size)
+                except zlib.error:
+                    raise invalid("The request body is not valid gzip data.") from None
+                if inflater.unconsumed_tail:
+                    raise _too_large(limit)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
     except ClientDisconnect:
         raise invalid("The client disconnected before sending the whole body.") from None
-    except TimeoutError:
-        raise APIError(
-            408,
-            "request_timeout",
-            f"The request body did not arrive within {BODY_SECONDS:.0f} seconds.",
-            headers={"Connection": "close"},  # the rest of the body may still be coming
-        ) from None
     if inflater is not None:
         try:
             tail = inflater.flush()

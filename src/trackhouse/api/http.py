@@ -1,22 +1,29 @@
-"""The HTTP server's protocol: uvicorn's httptools protocol with bounds on slow and bloated
-request heads, which uvicorn leaves open.
+"""The HTTP server's protocol: uvicorn's httptools protocol with deadlines and a size bound
+for requests, which uvicorn leaves open.
 
-uvicorn closes a connection idle between requests (`timeout_keep_alive`) but waits forever for
-a request head that never completes, and buffers a head of any size. Here:
+uvicorn closes a connection idle between requests (`timeout_keep_alive`), but waits forever
+for a request head that never completes or a body that never ends, and buffers a head of any
+size. Here:
 
-- a connection must deliver each request's head (request line and headers) within
-  `HEAD_SECONDS` of opening or of the request's first byte, or it gets a 408 and is closed
-  (slowloris);
-- a head larger than `MAX_HEAD_BYTES` gets a 431 and the connection is closed, so a head
-  costs at most that much (plus one read) in memory.
+- each request's head (request line and headers) must arrive within `HEAD_SECONDS` of the
+  connection opening or of the request's first byte, else a 408 (a connection opened and
+  never used is just closed);
+- its body within `BODY_SECONDS` of the head, else a 408 (slowloris, or a Content-Length that
+  promises more than is sent);
+- a head larger than `MAX_HEAD_BYTES` gets a 431, so a head costs at most that much (plus one
+  read) in memory.
 
-Bodies have their own deadline and size limits where they are read (`api/body.py`).
+The refused connection is answered with a JSON:API error and closed after a short linger.
+Deadlines are checked by one sweep a second per event loop over the open connections, not
+by a timer per request: a uvloop timer costs 2 µs to arm and cancel, `asyncio.timeout` 4 µs,
+and together they cost the accept path ~14 % of its requests/s (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -24,10 +31,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from trackhouse.api.errors import APIError
 
 HEAD_SECONDS = float(os.environ.get("TRACKHOUSE_HEADER_TIMEOUT", "10"))
+BODY_SECONDS = float(os.environ.get("TRACKHOUSE_BODY_TIMEOUT", "30"))
 MAX_HEAD_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0
+SWEEP_SECONDS = 0.25 if min(HEAD_SECONDS, BODY_SECONDS) < 5 else 1.0
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# The open connections of each event loop, and whether its sweep is scheduled.
+_open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[BoundedHttpTools]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def error_response(error: APIError) -> bytes:
@@ -44,78 +57,83 @@ def error_response(error: APIError) -> bytes:
     )
 
 
+def _sweep(loop: asyncio.AbstractEventLoop) -> None:
+    now = loop.time()
+    for protocol in list(_open.get(loop, ())):
+        protocol.check_deadlines(now)
+    loop.call_later(SWEEP_SECONDS, _sweep, loop)
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     """`uvicorn.Config(http=BoundedHttpTools)`."""
 
-    _head_timer: asyncio.TimerHandle | None = None
-    _in_head = False
+    _head_since: float | None = None  # when the head now arriving began
+    _body_since: float | None = None  # when the body now arriving began
     _head_bytes = 0
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head()
+        connections = _open.get(self.loop)
+        if connections is None:
+            connections = _open[self.loop] = set()
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop)
+        connections.add(self)
+        self._head_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head()
+        _open.get(self.loop, set()).discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # answered and closing: what the client still sends is dropped
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._head_since is not None and not self.transport.is_closing():
             # Still inside a head after all of `data`: every byte since it began was head.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(
-                    APIError(
-                        431,
-                        "request_header_fields_too_large",
-                        f"The request line and headers exceed {MAX_HEAD_BYTES // 1024} KB.",
-                    )
+                    431,
+                    "request_header_fields_too_large",
+                    f"The request line and headers exceed {MAX_HEAD_BYTES // 1024} KB.",
                 )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._start_head()
+        self._head_since = self.loop.time()
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._stop_head()
+        self._head_since = None
+        self._body_since = self.loop.time()
         super().on_headers_complete()
 
-    def _start_head(self) -> None:
-        self._in_head = True
-        self._head_bytes = 0
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_timeout)
+    def on_message_complete(self) -> None:
+        self._body_since = None
+        super().on_message_complete()
 
-    def _stop_head(self) -> None:
-        self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
-            if self._head_bytes == 0:
+    def check_deadlines(self, now: float) -> None:
+        if self._refused or self.transport.is_closing():
+            return
+        if self._head_since is not None and now - self._head_since > HEAD_SECONDS:
+            if self._head_bytes == 0 and self.cycle is None:
                 self.transport.close()  # opened and never used: nothing to answer
-                return
-            self._refuse(
-                APIError(
-                    408,
-                    "request_timeout",
-                    f"The request headers did not arrive within {HEAD_SECONDS:.0f} seconds.",
-                )
-            )
+            else:
+                detail = f"The request headers did not arrive within {HEAD_SECONDS:.0f} seconds."
+                self._refuse(408, "request_timeout", detail)
+        elif self._body_since is not None and now - self._body_since > BODY_SECONDS:
+            if self.cycle is not None and self.cycle.response_started:
+                return  # answered already (e.g. a 413 before the body ended)
+            detail = f"The request body did not arrive within {BODY_SECONDS:.0f} seconds."
+            self._refuse(408, "request_timeout", detail)
 
-    def _refuse(self, error: APIError) -> None:
+    def _refuse(self, status: int, code: str, detail: str) -> None:
         """Answer, then close after a short linger. Closing at once, with the client's bytes
         still unread, would reset the connection and could lose the answer on its way."""
-        self._stop_head()
+        self._head_since = self._body_since = None
         self._refused = True
-        self.transport.write(error_response(error))
+        self.transport.write(error_response(APIError(status, code, detail)))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
