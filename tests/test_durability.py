@@ -98,6 +98,28 @@ def test_log_refuses_instead_of_acknowledging_when_it_cannot_commit(tmp_path: Pa
     log.close()
 
 
+def test_log_on_a_read_only_database_refuses_then_recovers(tmp_path: Path):
+    """A read-only disk, injected at the storage layer: SQLite's `query_only` makes every
+    write fail with SQLITE_READONLY, as a read-only file system would. (A tmpfs cannot be
+    remounted read-only while SQLite holds its files open for writing.) The HTTP layer maps the
+    LogUnavailable to a 503, as the full-disk test in test_reliability.py shows end to end."""
+    log = SQLiteLog(tmp_path / "log.sqlite3")
+
+    async def scenario() -> None:
+        await log.append([_submission(1)])
+        log._writer.execute("PRAGMA query_only=1")
+        with pytest.raises(LogUnavailable, match="readonly"):
+            await log.append([_submission(2)])
+        assert log.read(0, 10)[-1].submission.receipt_id == "1"  # reads go on
+        log._writer.execute("PRAGMA query_only=0")
+        await log.append([_submission(3)])
+
+    asyncio.run(scenario())
+    assert [e.submission.receipt_id for e in log.read(0, 10)] == ["1", "3"]
+    assert log.committed == 2  # the refused write left no position behind
+    log.close()
+
+
 def test_first_start_creates_an_account_and_prints_its_keys(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKHOUSE_")}
     proc = subprocess.Popen(
