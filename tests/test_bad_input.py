@@ -735,6 +735,13 @@ def test_string_over_100kb_in_properties_is_a_400(server, api):
     assert error["source"] == {"pointer": "/data/attributes/properties/html"}
 
 
+def test_key_over_100kb_in_properties_is_a_400_that_does_not_echo_it(server, api):
+    body = event_body(properties={"nested": {"k" * (100 * 1024 + 1): 1}})
+    error = refused(server, api, EVENTS, json.dumps(body).encode(), 400)
+    assert error["detail"] == "A single string cannot be larger than 100 KB."
+    assert error["source"] == {"pointer": "/data/attributes/properties/nested"}
+
+
 def test_array_over_4000_items_in_properties_is_a_400(server, api):
     body = event_body(properties={"ids": list(range(4001))})
     error = refused(server, api, EVENTS, json.dumps(body).encode(), 400)

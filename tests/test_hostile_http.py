@@ -153,3 +153,59 @@ def test_body_longer_than_its_content_length_is_never_a_5xx(strict: Server) -> N
     ]
     assert statuses and all(400 <= s < 500 for s in statuses), raw[:500]
     still_serving(strict)
+
+
+def test_stray_blank_line_does_not_keep_an_idle_connection_open(strict: Server) -> None:
+    """A CRLF between requests begins no request but cancels uvicorn's keep-alive timer; the
+    connection must still be closed once idle past the deadline (1 s here, keep-alive 5 s)."""
+    body = json.dumps(event_body()).encode()
+    with connect(strict) as sock:
+        sock.sendall(HEAD.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 202"), first[:200]
+        started = time.monotonic()
+        sock.sendall(b"\r\n")
+        assert read_all(sock) == b""
+        assert time.monotonic() - started < 4
+
+
+def test_body_trickled_after_an_early_refusal_is_cut_off(strict: Server) -> None:
+    """A body promised too large gets its 413 at once; trickling it on afterwards, a byte at
+    a time, must not hold the connection open."""
+    with connect(strict) as sock:
+        sock.sendall(HEAD.encode() + b"Content-Length: %d\r\n\r\n" % (10 * 1024 * 1024))
+        started = time.monotonic()
+        answered = sock.recv(65536)
+        assert answered.startswith(b"HTTP/1.1 413"), answered[:200]
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b"x")
+                time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed, "the server kept reading a refused body for 8 s"
+        assert time.monotonic() - started < 5
+
+
+def test_pipelined_requests_are_answered_in_order_without_a_false_431(strict: Server) -> None:
+    """A large body and the start of the next request's head arrive in one read: the head
+    bound counts only head bytes, and both requests are answered, in order."""
+    big = json.dumps(event_body(properties={"padding": "p" * 90_000})).encode()
+    small = json.dumps(event_body()).encode()
+    first = HEAD.encode() + b"Content-Length: %d\r\n\r\n" % len(big) + big
+    second = HEAD.encode() + b"Content-Length: %d\r\n\r\n" % len(small) + small
+    with connect(strict) as sock:
+        sock.sendall(first + second[:40])
+        time.sleep(0.1)
+        sock.sendall(second[40:])
+        raw = b""
+        while raw.count(b"HTTP/1.1 ") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, raw
+            raw += chunk
+    statuses = [
+        int(line.split(b" ")[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/")
+    ]
+    assert statuses == [202, 202], raw[:500]

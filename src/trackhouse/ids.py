@@ -9,6 +9,7 @@ here ten bits at a time from a table (the library's encoder cost several µs an 
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -16,6 +17,7 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]  # every 10-bit value as two characters
 _SHIFTS = range(120, -1, -10)  # 13 × 10 bits = the 130 bits of 26 characters, top 2 zero
 _random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)  # a forked child must not repeat the parent's ids
 
 
 def ulid_text(value: int) -> str:

@@ -111,6 +111,7 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
     processor = Processor(log, store) if settings.process else None
     stop = threading.Event()
     thread = None
+    main_thread = False
     try:
         first = ensure_account(accounts)
         # Bind before announcing, so the printed address (and port, when 0 was asked) is real.
@@ -141,10 +142,15 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
         # handler that was there before it: with the default one the process would die right
         # there, before the processor finishes its batch and the log and store are closed.
         # Handlers that do nothing let `finally` below run, and the process exits 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: None)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if main_thread:  # a second signal during the shutdown below may cut it short
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         # In-flight requests are done; finish the batch in hand, then commit what is queued.
         stop.set()
         if thread is not None and processor is not None:

@@ -127,6 +127,8 @@ class FastWrites:
             response = await endpoint(request)
         except APIError as exc:
             response = await _api_error(request, exc)
+        except HTTPException as exc:
+            response = await _http_error(request, exc)
         except Exception as exc:
             response = await _unexpected(request, exc)
         await response(scope, receive, send)

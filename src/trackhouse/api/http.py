@@ -58,10 +58,12 @@ def error_response(error: APIError) -> bytes:
 
 
 def _sweep(loop: asyncio.AbstractEventLoop) -> None:
-    now = loop.time()
-    for protocol in list(_open.get(loop, ())):
-        protocol.check_deadlines(now)
-    loop.call_later(SWEEP_SECONDS, _sweep, loop)
+    try:
+        now = loop.time()
+        for protocol in list(_open.get(loop, ())):
+            protocol.check_deadlines(now)
+    finally:  # whatever happened, the next sweep comes
+        loop.call_later(SWEEP_SECONDS, _sweep, loop)
 
 
 class BoundedHttpTools(HttpToolsProtocol):
@@ -69,7 +71,9 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     _head_since: float | None = None  # when the head now arriving began
     _body_since: float | None = None  # when the body now arriving began
+    _idle_since: float | None = None  # when the connection last became idle
     _head_bytes = 0
+    _messages = 0  # requests begun on this connection
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -88,11 +92,14 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # answered and closing: what the client still sends is dropped
+        in_head, messages = self._head_since is not None, self._messages
         super().data_received(data)
-        if self._head_since is not None and not self.transport.is_closing():
-            # Still inside a head after all of `data`: every byte since it began was head.
+        if in_head and messages == self._messages and self._head_since is not None:
+            # The same head before and after all of `data`: every byte of it was head. (A read
+            # that begins a head is not counted: it may end the previous request's body. So a
+            # head costs at most MAX_HEAD_BYTES plus one read.)
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._refuse(
                     431,
                     "request_header_fields_too_large",
@@ -101,7 +108,9 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._messages += 1
         self._head_since = self.loop.time()
+        self._idle_since = None
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
@@ -113,26 +122,49 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._body_since = None
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_since is None and self._body_since is None:
+            # uvicorn's keep-alive timer closes an idle connection, but any byte cancels it,
+            # even a stray CRLF that begins no request: this deadline does not move.
+            self._idle_since = self.loop.time()
+
     def check_deadlines(self, now: float) -> None:
         if self._refused or self.transport.is_closing():
             return
+        cycle = self.cycle
         if self._head_since is not None and now - self._head_since > HEAD_SECONDS:
-            if self._head_bytes == 0 and self.cycle is None:
+            if self._head_bytes == 0 and self._messages == 0:
                 self.transport.close()  # opened and never used: nothing to answer
+            elif cycle is not None and not cycle.response_complete:
+                # An earlier request is still being answered: an error now would cut into
+                # its response.
+                self.transport.close()
             else:
                 detail = f"The request headers did not arrive within {HEAD_SECONDS:.0f} seconds."
                 self._refuse(408, "request_timeout", detail)
         elif self._body_since is not None and now - self._body_since > BODY_SECONDS:
-            if self.cycle is not None and self.cycle.response_started:
-                return  # answered already (e.g. a 413 before the body ended)
+            if cycle is not None and cycle.response_started:
+                if cycle.response_complete:
+                    # Answered before its body ended (413, 401, …) and still trickling in.
+                    self.transport.close()
+                return  # else: still answering
             detail = f"The request body did not arrive within {BODY_SECONDS:.0f} seconds."
             self._refuse(408, "request_timeout", detail)
+        elif self._idle_since is not None and now - self._idle_since > HEAD_SECONDS:
+            self.transport.close()
 
     def _refuse(self, status: int, code: str, detail: str) -> None:
         """Answer, then close after a short linger. Closing at once, with the client's bytes
         still unread, would reset the connection and could lose the answer on its way."""
-        self._head_since = self._body_since = None
+        self._head_since = self._body_since = self._idle_since = None
         self._refused = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The request being refused (its body is late): nothing more of it may be
+            # written, and its handler stops waiting for the body.
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.write(error_response(APIError(status, code, detail)))
         if self.transport.can_write_eof():
             self.transport.write_eof()

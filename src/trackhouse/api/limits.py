@@ -80,9 +80,9 @@ def _walk(value: Any, object_levels: int, nesting: int) -> None:
     # Scalars are checked inline: a call per scalar would cost more than the checks (this runs
     # on every property of every event).
     for key, item in items:
+        if type(key) is str and len(key) > _BIG_STRING:
+            _check_scalar(key)  # points at the object holding it: the key is not echoed
         try:
-            if type(key) is str and len(key) > _BIG_STRING:
-                _check_scalar(key)
             kind = type(item)
             if kind is str:
                 if len(item) > _BIG_STRING:

@@ -90,8 +90,10 @@ class Processor:
                 continue
             self.last_error = None
             backoff = 0.05
-            if processed >= BATCH_ENTRIES:
-                continue  # a backlog: no waiting
+            # A backlog: no waiting. (A batch may end short of BATCH_ENTRIES because it reached
+            # BATCH_BYTES, so the log is asked how much is left.)
+            if processed >= BATCH_ENTRIES or self.log.head() - self.position >= BATCH_ENTRIES // 2:
+                continue
             if not processed:
                 self.wake.wait(0.25)
                 self.wake.clear()
