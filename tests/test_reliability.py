@@ -154,8 +154,12 @@ def test_sigterm_finishes_in_flight_requests_and_loses_nothing(tmp_path: Path) -
     body = json.dumps(event_body(email="slow@klaviyo-demo.com", unique_id=slow_uid)).encode()
     slow: dict[str, object] = {}
 
+    first_chunk_sent = threading.Event()
+
     def trickle():  # type: ignore[no-untyped-def]
-        for i in range(0, len(body), len(body) // 4 + 1):
+        for n, i in enumerate(range(0, len(body), len(body) // 4 + 1)):
+            if n == 1:
+                first_chunk_sent.set()  # headers and the first chunk are written
             yield body[i : i + len(body) // 4 + 1]
             time.sleep(0.3)
 
@@ -170,7 +174,7 @@ def test_sigterm_finishes_in_flight_requests_and_loses_nothing(tmp_path: Path) -
 
     sender = threading.Thread(target=send_slowly)
     sender.start()
-    time.sleep(0.15)  # its headers and first chunk are in
+    assert first_chunk_sent.wait(10), slow
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     exit_code = server.proc.wait(timeout=60)
