@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from conftest import NEWEST, PRIVATE_KEY, bulk_body, bulk_event, event_body
 
-from trackhouse.log import LogUnavailable
+from trackhouse.log import BulkJob, LogUnavailable
 from trackhouse.log.sqlite import SQLiteLog
 from trackhouse.model import Event, ProfileChange, Submission
 
@@ -95,6 +96,55 @@ def test_log_refuses_instead_of_acknowledging_when_it_cannot_commit(tmp_path: Pa
 
     asyncio.run(scenario())
     assert [e.submission.receipt_id for e in log.read(0, 10)] == ["1", "3"]
+    log.close()
+
+
+def test_jobs_sharing_one_group_commit_each_point_at_their_own_entries(tmp_path: Path):
+    """The writer inserts a whole batch in one statement and works out each bulk job's first
+    log position from the batch's last one; with jobs and single creates interleaved in one
+    commit, every job must still name exactly its own entries."""
+    log = SQLiteLog(tmp_path / "log.sqlite3")
+    commits: list[int] = []
+    commit = log._commit
+    log._commit = lambda batch: commits.append(len(batch)) or commit(batch)  # type: ignore[method-assign]
+    jobs = [
+        BulkJob(f"job{k}", "acct01", "2026-11-29T00:00:00+00:00", k + 1, k + 1) for k in range(3)
+    ]
+
+    def job_entries(k: int) -> list[Submission]:
+        return [
+            msgspec.structs.replace(_submission(100 * k + g), job_id=f"job{k}", receipt_id=None)
+            for g in range(k + 1)
+        ]
+
+    async def scenario() -> None:
+        # Hold the write lock so that the first append waits in the writer while the rest
+        # queue up behind it; they then go in as one batch.
+        blocker = sqlite3.connect(tmp_path / "log.sqlite3", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        first = asyncio.create_task(log.append([_submission(1)]))
+        await asyncio.sleep(0.2)
+        rest = []
+        for k, job in enumerate(jobs):
+            rest.append(asyncio.create_task(log.append([_submission(10 + k)])))
+            rest.append(asyncio.create_task(log.append(job_entries(k), job)))
+        await asyncio.sleep(0.2)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(scenario())
+    assert commits == [1, 6]  # the jobs did share a commit, with single creates between them
+    entries = {e.seq: e.submission for e in log.read(0, 100)}
+    for k, job in enumerate(jobs):
+        stored = log.get_job("acct01", job.id)
+        assert stored is not None
+        own = [entries[stored.first_seq + g] for g in range(job.submission_count)]
+        assert {s.job_id for s in own} == {job.id}
+        assert sorted(s.profile.email for s in own) == sorted(
+            s.profile.email for s in job_entries(k)
+        )
+    assert log.committed == len(entries) == 1 + 3 + 6
     log.close()
 
 

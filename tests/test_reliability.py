@@ -5,6 +5,7 @@ stored whole or not at all. Each test prints the figures it compared (docs/relia
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -81,6 +82,23 @@ def send_until(url: str, client_no: int, stop: threading.Event, tally: Tally) ->
             tally.record(uids, status)
 
 
+@contextlib.contextmanager
+def clients_sending(url: str, tally: Tally) -> Iterator[None]:
+    """CLIENTS threads running `send_until` for as long as the block lasts."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=send_until, args=(url, c, stop, tally)) for c in range(CLIENTS)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def stored_uids(data_dir: Path) -> Counter:
     conn = sqlite3.connect(data_dir / STORE_FILE)
     try:
@@ -112,24 +130,13 @@ def check(tally: Tally, stored: Counter, label: str) -> None:
 def test_sigkill_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     server = Server(tmp_path / "data", make_env()).start()
     tally = Tally()
-    stop = threading.Event()
-    clients = [
-        threading.Thread(target=send_until, args=(server.url, c, stop, tally))
-        for c in range(CLIENTS)
-    ]
-    for t in clients:
-        t.start()
     rng = random.Random(int(os.environ.get("TRACKHOUSE_CRASH_SEED", time.time_ns())))
-    try:
+    with clients_sending(server.url, tally):
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.1, 0.5))  # load in flight, processing running
             server.kill()
             server.start()  # the same port and data directory
         time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in clients:
-            t.join()
     try:
         server.settle()
     finally:
@@ -141,26 +148,18 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None
 def test_sigterm_finishes_in_flight_requests_and_loses_nothing(tmp_path: Path) -> None:
     server = Server(tmp_path / "data", make_env()).start()
     tally = Tally()
-    stop = threading.Event()
-    clients = [
-        threading.Thread(target=send_until, args=(server.url, c, stop, tally))
-        for c in range(CLIENTS)
-    ]
-    for t in clients:
-        t.start()
-    time.sleep(1.0)
     # One request still arriving when SIGTERM comes: its body trickles in over a second.
     slow_uid = "slow-in-flight"
     body = json.dumps(event_body(email="slow@klaviyo-demo.com", unique_id=slow_uid)).encode()
+    piece = len(body) // 4 + 1
     slow: dict[str, object] = {}
-
     first_chunk_sent = threading.Event()
 
     def trickle():  # type: ignore[no-untyped-def]
-        for n, i in enumerate(range(0, len(body), len(body) // 4 + 1)):
+        for n, i in enumerate(range(0, len(body), piece)):
             if n == 1:
                 first_chunk_sent.set()  # headers and the first chunk are written
-            yield body[i : i + len(body) // 4 + 1]
+            yield body[i : i + piece]
             time.sleep(0.3)
 
     def send_slowly() -> None:
@@ -172,16 +171,15 @@ def test_sigterm_finishes_in_flight_requests_and_loses_nothing(tmp_path: Path) -
         except httpx.TransportError as exc:
             slow["status"] = repr(exc)
 
-    sender = threading.Thread(target=send_slowly)
-    sender.start()
-    assert first_chunk_sent.wait(10), slow
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGTERM)
-    exit_code = server.proc.wait(timeout=60)
-    sender.join()
-    stop.set()
-    for t in clients:
-        t.join()
+    with clients_sending(server.url, tally):
+        time.sleep(1.0)
+        sender = threading.Thread(target=send_slowly)
+        sender.start()
+        assert first_chunk_sent.wait(10), slow
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        exit_code = server.proc.wait(timeout=60)
+        sender.join()
     assert exit_code == 0
     assert slow["status"] == 202, slow
     tally.record([slow_uid], 202)

@@ -25,7 +25,6 @@ import asyncio
 import os
 import weakref
 
-import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from trackhouse.api.errors import APIError
@@ -45,7 +44,7 @@ _open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[BoundedHttpTools
 
 def error_response(error: APIError) -> bytes:
     """A whole HTTP/1.1 response carrying `error`'s JSON:API body, closing the connection."""
-    body = msgspec.json.encode(error.to_json())
+    body = error.body()
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS[error.status]),

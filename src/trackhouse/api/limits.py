@@ -31,11 +31,19 @@ MAX_PROFILE_BYTES = 95 * 1024
 INT64 = (-(2**63), 2**63 - 1)
 
 
+# len(str) is a lower bound of its UTF-8 size and 4 * len an upper bound: shorter strings
+# cannot pass the limit, and only longer ones are encoded to find out.
+_BIG_STRING = MAX_STRING_BYTES // 4
+STRING_TOO_LARGE = "A single string cannot be larger than 100 KB."
+
+
+def _too_large(value: str) -> bool:
+    return len(value) > _BIG_STRING and len(value.encode()) > MAX_STRING_BYTES
+
+
 def check_string(value: str, where: str) -> None:
-    # len(str) is a lower bound of its UTF-8 size and 4*len an upper bound: encode only when
-    # the answer is in doubt.
-    if len(value) * 4 > MAX_STRING_BYTES and len(value.encode()) > MAX_STRING_BYTES:
-        raise invalid("A single string cannot be larger than 100 KB.", where)
+    if _too_large(value):
+        raise invalid(STRING_TOO_LARGE, where)
 
 
 def check_json(value: Any, where: str) -> None:
@@ -56,9 +64,6 @@ class _Refused(Exception):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         self.path: list[str | int] = []
-
-
-_BIG_STRING = MAX_STRING_BYTES // 4  # shorter strings cannot pass the limit in UTF-8
 
 
 def _walk(value: Any, object_levels: int, nesting: int) -> None:
@@ -98,8 +103,8 @@ def _walk(value: Any, object_levels: int, nesting: int) -> None:
 
 def _check_scalar(value: Any) -> None:
     kind = type(value)
-    if kind is str and len(value) > _BIG_STRING and len(value.encode()) > MAX_STRING_BYTES:
-        raise _Refused("A single string cannot be larger than 100 KB.")
+    if kind is str and _too_large(value):
+        raise _Refused(STRING_TOO_LARGE)
     if kind is int and not INT64[0] <= value <= INT64[1]:
         raise _Refused("Integers must fit in 64 bits (signed).")
 

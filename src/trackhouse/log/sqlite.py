@@ -164,10 +164,9 @@ class SQLiteLog:
                 first_seq = last - len(rows) + 1
                 for p in batch:
                     if (j := p.job) is not None:
-                        job_row = (j.id, j.account_id, j.created_at, j.event_count)
+                        job = (j.id, j.account_id, j.created_at, j.event_count, j.submission_count)
                         conn.execute(
-                            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
-                            (*job_row, j.submission_count, first_seq),
+                            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", (*job, first_seq)
                         )
                     first_seq += len(p.rows)
             conn.execute("COMMIT")
