@@ -97,14 +97,14 @@ def test_the_loop_survives_storage_errors_and_resumes(parts):
 
 def test_an_entry_that_breaks_processing_is_rejected_alone(parts, monkeypatch):
     log, store, processor = parts
-    real = processor_module.apply_attributes
+    real = processor_module.apply_bounded
 
-    def fragile(profile, change):
+    def fragile(profile, change, size):
         if change.email == "user2@klaviyo-demo.com":
             raise KeyError("a bug")
-        real(profile, change)
+        return real(profile, change, size)
 
-    monkeypatch.setattr(processor_module, "apply_attributes", fragile)
+    monkeypatch.setattr(processor_module, "apply_bounded", fragile)
     append(log, [submission(1), submission(2), submission(3)])
     assert processor.run_once() == 3
     assert [outcomes(store, n) for n in (1, 2, 3)] == [["stored"], ["rejected"], ["stored"]]

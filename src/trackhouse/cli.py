@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -64,7 +66,8 @@ def serve(
         settings.rate_limits = None
     if max_backlog is not None:
         settings.max_backlog = max_backlog or None
-    run(settings, _announce)
+    with _refusals():
+        run(settings, _announce)
 
 
 @main.command()
@@ -79,7 +82,20 @@ def process(data_dir: Path) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    process_only(data_dir, stop)
+    with _refusals():
+        process_only(data_dir, stop)
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """What stops a start before it begins: said on stderr, exit code 1, no traceback."""
+    from trackhouse.log import LogMismatch
+    from trackhouse.store.sqlite import ProcessorRunning
+
+    try:
+        yield
+    except (LogMismatch, ProcessorRunning) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -103,12 +103,32 @@ def backlog_bound(
     return Backlog(log, PolledPosition(store.position), settings.max_backlog)
 
 
+def open_pipeline(data_dir: Path) -> tuple[SQLiteLog, SQLiteStore]:
+    """The log and the store of a data directory, checked to belong together (LogMismatch
+    otherwise: a store built from another log, or ahead of this one, would have events
+    acknowledged that are never processed)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = SQLiteLog(data_dir / LOG_FILE)
+    store = SQLiteStore(data_dir / STORE_FILE)
+    try:
+        store.bind_log(log.identity, log.head(), str(log.path))
+    except BaseException:
+        log.close()
+        store.close()
+        raise
+    return log, store
+
+
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
     """The API and (unless settings.process is off) the processor, in one process."""
+    log, store = open_pipeline(settings.data_dir)
+    try:
+        processor = Processor(log, store) if settings.process else None
+    except BaseException:
+        log.close()
+        store.close()
+        raise
     accounts = open_accounts(settings.data_dir)
-    log = SQLiteLog(settings.data_dir / LOG_FILE)
-    store = SQLiteStore(settings.data_dir / STORE_FILE)
-    processor = Processor(log, store) if settings.process else None
     stop = threading.Event()
     thread = None
     main_thread = False
@@ -153,10 +173,11 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
             signal.signal(signal.SIGINT, signal.default_int_handler)
         # In-flight requests are done; finish the batch in hand, then commit what is queued.
         stop.set()
-        if thread is not None and processor is not None:
-            processor.wake.set()
-            processor.hurry.set()
-            thread.join()
+        if processor is not None:
+            if thread is not None:
+                processor.wake.set()
+                processor.hurry.set()
+                thread.join()
             processor.close()
         log.close()
         store.close()
@@ -165,9 +186,13 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
 
 def process_only(data_dir: Path, stop: threading.Event) -> None:
     """Run the processor alone over an existing data directory (no API)."""
-    log = SQLiteLog(data_dir / LOG_FILE)
-    store = SQLiteStore(data_dir / STORE_FILE)
-    processor = Processor(log, store)
+    log, store = open_pipeline(data_dir)
+    try:
+        processor = Processor(log, store)
+    except BaseException:
+        log.close()
+        store.close()
+        raise
     collect_less()
     try:
         processor.run(stop)

@@ -20,6 +20,10 @@ from trackhouse.log import BulkJob, EventLog, LogOverloaded, LogUnavailable
 from trackhouse.model import Submission
 from trackhouse.store.accounts import AccountStore
 
+# Every accepted submission that is not a bulk job names itself in this response header; its
+# outcome is then at GET /api/event-receipts/{id} (api/receipts.py).
+RECEIPT_HEADER = "Trackhouse-Receipt"
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:

@@ -6,6 +6,7 @@ Guarded by keys with the `trackhouse:admin` scope, which ordinary keys never hav
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from starlette.requests import Request
@@ -20,12 +21,13 @@ from trackhouse.store.sqlite import SQLiteStore
 MAX_WAIT_SECONDS = 300.0
 
 
+# ASCII digits only: float() would also take "١٠", "nan" and "1e3".
+_SECONDS = re.compile(r"\d{1,6}(?:\.\d{1,6})?", re.ASCII)
+
+
 def _timeout(request: Request) -> float:
-    text = request.query_params.get("timeout", "30")
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
+    text = request.query_params.get("timeout", "30").strip()
+    seconds = float(text) if _SECONDS.fullmatch(text) else -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise APIError(400, "invalid", "timeout must be 0 to 300 seconds.", parameter="timeout")
     return seconds
@@ -79,9 +81,17 @@ async def reset(request: Request) -> Response:
             409, "conflict", "Processing runs in another process; reset the account there."
         )
     # Everything accepted before this call is processed, then deleted; what arrives meanwhile
-    # is processed after the reset (the processor does both under its lock).
-    head = event_log(request).head()
-    deleted = await asyncio.to_thread(processor.reset_account, account_id, head)
+    # is processed after the reset, and kept (the processor holds itself at the log's head).
+    deadline = time.monotonic() + _timeout(request)
+    try:
+        _, deleted = await asyncio.to_thread(processor.reset_account, account_id, deadline)
+    except TimeoutError as exc:
+        raise APIError(
+            503,
+            "service_unavailable",
+            f"The account was not reset: {exc}. Nothing was deleted; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
     return jsonapi_response(
         200, {"data": {"type": "account-reset", "id": account_id, "attributes": deleted}}
     )

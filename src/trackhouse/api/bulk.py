@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from trackhouse.api import limits, translate
 from trackhouse.api.accept import (
+    RECEIPT_HEADER,
     Caller,
     absolute_url,
     append,
@@ -69,6 +70,7 @@ def submissions(
     received_at: float,
     source: str,
     job_id: str | None,
+    receipt_id: str | None = None,
 ) -> list[Submission]:
     return [
         Submission(
@@ -80,6 +82,7 @@ def submissions(
             events=events,
             metric_cap=caller.rules.metric_cap,
             job_id=job_id,
+            receipt_id=receipt_id,
         )
         for profile, events in parsed
     ]
@@ -170,5 +173,7 @@ async def create_client_bulk(request: Request) -> Response:
         int(received_at),
         from_client=True,
     )
-    await append(request, submissions(parsed, caller, received_at, "client", None))
-    return jsonapi_response(202, headers=caller.headers)
+    # One profile group, so one submission: its receipt tells what became of each event.
+    receipt_id = new_ulid()
+    await append(request, submissions(parsed, caller, received_at, "client", None, receipt_id))
+    return jsonapi_response(202, headers=caller.headers | {RECEIPT_HEADER: receipt_id})

@@ -6,9 +6,7 @@ Revisions before 2023-07-15 get the older shapes (see `query/events.py`) and the
 
 from __future__ import annotations
 
-import contextlib
 import math
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -16,9 +14,9 @@ from starlette.responses import Response
 
 from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
-from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
+from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, is_int64, page_links
 from trackhouse.query.events import event_resource, metric_resource, sparse
-from trackhouse.query.filters import Condition
+from trackhouse.query.filters import Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
 from trackhouse.store.sqlite import EventQuery, EventRow, SQLiteStore, event_rowid
 
@@ -46,17 +44,10 @@ def _include_names(caller: Caller) -> tuple[str, ...]:
 
 
 def _seconds(condition: Condition) -> float:
-    value = condition.value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = datetime.fromisoformat(value)
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise invalid_parameter(
-        "filter", f"Invalid filter: '{condition.field}' needs a datetime or a number of seconds."
-    )
+    try:
+        return instant(condition.value)
+    except FilterError as exc:
+        raise invalid_parameter("filter", f"Invalid filter: '{condition.field}': {exc}.") from None
 
 
 def event_query(
@@ -73,14 +64,12 @@ def event_query(
         elif c.field in ("datetime", "timestamp") and c.op in RANGE_OPERATORS:
             x = _seconds(c)
             # Times are whole seconds: turn every bound into since <= time < until.
-            if c.op in ("greater-or-equal", "equals"):
-                query.since = max(query.since or -(2**62), math.ceil(x))
-            if c.op == "greater-than":
-                query.since = max(query.since or -(2**62), math.floor(x) + 1)
-            if c.op == "less-than":
-                query.until = min(query.until or 2**62, math.ceil(x))
-            if c.op in ("less-or-equal", "equals"):
-                query.until = min(query.until or 2**62, math.floor(x) + 1)
+            if c.op in ("greater-or-equal", "equals", "greater-than"):
+                low = math.floor(x) + 1 if c.op == "greater-than" else math.ceil(x)
+                query.since = low if query.since is None else max(query.since, low)
+            if c.op in ("less-than", "less-or-equal", "equals"):
+                high = math.ceil(x) if c.op == "less-than" else math.floor(x) + 1
+                query.until = high if query.until is None else min(query.until, high)
         else:
             raise invalid_parameter(
                 "filter",
@@ -134,7 +123,7 @@ async def get_events(request: Request) -> Response:
     if cursor is not None:
         if (
             len(cursor) != 3
-            or not all(isinstance(v, int) for v in cursor[:2])
+            or not all(is_int64(v) for v in cursor[:2])
             or cursor[2] not in ("next", "prev")
         ):
             raise invalid_parameter("page[cursor]", "Invalid cursor provided.")

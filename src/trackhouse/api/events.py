@@ -8,14 +8,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import translate
-from trackhouse.api.accept import Caller, append, identify_caller, jsonapi_response
+from trackhouse.api.accept import (
+    RECEIPT_HEADER,
+    Caller,
+    append,
+    identify_caller,
+    jsonapi_response,
+)
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.wire import EventCreate, FlatEventCreate
 from trackhouse.ids import new_ulid
 from trackhouse.model import Submission
 
 MAX_BODY = 5 * MB
-RECEIPT_HEADER = "Trackhouse-Receipt"
 
 
 def parse_create_event(body: bytes, caller: Caller, received_at: float, source: str) -> Submission:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import limits, translate
-from trackhouse.api.accept import accounts, append, rate_limit
+from trackhouse.api.accept import RECEIPT_HEADER, accounts, append, rate_limit
 from trackhouse.api.body import JSON_TYPES, MB, decode_any_json, read_body
 from trackhouse.api.errors import APIError
 from trackhouse.api.revision import OLDEST_SERVED, rules_for
+from trackhouse.ids import new_ulid
 from trackhouse.model import Event, Submission
 
 MAX_BODY = 1 * MB
@@ -82,6 +84,16 @@ def _object(payload: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+# A number sent as a string: ASCII only (float() would also take "١٢" and full-width digits).
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+
+def _ascii_number(value: Any) -> Any:
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        raise ValueError("not a number")
+    return value
+
+
 def track_submission(payload: dict[str, Any], account_id: str, received_at: float) -> Submission:
     name = payload.get("event")
     if not isinstance(name, str):
@@ -97,7 +109,7 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
         if isinstance(value, bool):
             raise Refused("$value must be a number")
         try:
-            value = float(value)
+            value = float(_ascii_number(value))
         except (TypeError, ValueError, OverflowError):
             raise Refused("$value must be a number") from None
         if not math.isfinite(value):
@@ -113,7 +125,7 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
         if isinstance(moment, bool) or not isinstance(moment, int | float | str):
             raise Refused("time must be a UNIX timestamp in seconds")
         try:
-            moment = datetime.fromtimestamp(int(float(moment)), UTC)
+            moment = datetime.fromtimestamp(int(float(_ascii_number(moment))), UTC)
         except (ValueError, OverflowError, OSError):
             raise Refused("time must be a UNIX timestamp in seconds") from None
         seconds = limits.check_event_time(moment, RULES.min_event_year, "/time")
@@ -131,6 +143,7 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
         profile=profile,
         events=[event],
         metric_cap=RULES.metric_cap,
+        receipt_id=new_ulid(),
     )
 
 
@@ -139,7 +152,11 @@ def identify_submission(payload: dict[str, Any], account_id: str, received_at: f
         _object(payload, "properties"), "/properties", from_client=True
     )
     return Submission(
-        account_id=account_id, received_at=received_at, source="identify", profile=profile
+        account_id=account_id,
+        received_at=received_at,
+        source="identify",
+        profile=profile,
+        receipt_id=new_ulid(),
     )
 
 
@@ -184,7 +201,8 @@ async def _handle(request: Request, kind: str) -> Response:
         return _answer(
             request, False, status, **exc.headers, **{"Trackhouse-Error": _header_text(reason)}
         )
-    return _answer(request, True, **headers)
+    # Its outcome (a 201st metric is rejected, say) is at GET /api/event-receipts/{id}.
+    return _answer(request, True, **headers, **{RECEIPT_HEADER: submission.receipt_id or ""})
 
 
 async def track(request: Request) -> Response:

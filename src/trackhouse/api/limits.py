@@ -2,21 +2,21 @@
 
 Every revision: strings ≤ 100 KB, arrays ≤ 4,000 items, ≤ 10 nested object levels, integers
 64-bit, metric names < 128 characters, `unique_id` 1–255 characters, valid emails (< 100
-characters) and E.164 phone numbers. The property-count and time-window limits depend on the
-revision and arrive as arguments.
+characters) and E.164 phone numbers. Every other string that is stored has a bound too: a
+metric's `service` like its name, and whole profiles (95 KB as sent). The property-count and
+time-window limits depend on the revision and arrive as arguments.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import email_validator
-import phonenumbers
 
 from trackhouse.api.errors import APIError, invalid, pointer
+from trackhouse.identifiers import phone_e164
 
 MAX_STRING_BYTES = 100 * 1024
 MAX_ARRAY_ITEMS = 4000
@@ -123,6 +123,16 @@ def check_metric_name(name: str, where: str) -> str:
     return name
 
 
+def check_metric_service(service: str | None, where: str) -> str:
+    """A metric's `service` is stored with it and shown on every metric read: bounded like the
+    name (Klaviyo documents no limit of its own)."""
+    if not service:
+        return "api"
+    if len(service) > MAX_METRIC_NAME:
+        raise invalid("The metric service must be less than 128 characters.", where)
+    return service
+
+
 def check_unique_id(unique_id: str | None, where: str) -> str | None:
     if unique_id is None:
         return None
@@ -181,25 +191,8 @@ def check_email(email: str, where: str) -> str:
     return email
 
 
-@lru_cache(maxsize=65536)
-def _phone_e164(phone: str) -> str | None:
-    try:
-        number = phonenumbers.parse(phone, None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-# E.164 with optional separators; no letters (phonenumbers would read "+1 800 FLOWERS").
-_PHONE_CHARS = re.compile(r"^\+[0-9 ().-]+$")
-
-
 def check_phone(phone: str, where: str) -> str:
-    phone = phone.strip()
-    # E.164 has at most 15 digits; the length check keeps junk out of the cache.
-    e164 = _phone_e164(phone) if len(phone) <= 32 and _PHONE_CHARS.match(phone) else None
+    e164 = phone_e164(phone)
     if e164 is None:
         raise invalid(
             "Invalid phone number format (Example of a valid format: +12345678901)", where

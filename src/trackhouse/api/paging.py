@@ -26,6 +26,22 @@ def invalid_parameter(parameter: str, detail: str) -> APIError:
     return APIError(400, "invalid", detail, parameter=parameter)
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def is_int64(value: Any) -> bool:
+    """What a store can hold as an integer (SQLite and PostgreSQL both stop at 64 bits)."""
+    return type(value) is int and INT64[0] <= value <= INT64[1]
+
+
+def ascii_int(text: str) -> int | None:
+    """A parameter's decimal digits, ASCII only (int() would also take '٥'), or None."""
+    text = text.strip()
+    if not (0 < len(text) <= 18 and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def base_url(request: Request) -> str:
     """The server's own scheme://host[:port], as the client reached it."""
     return str(request.base_url).rstrip("/")
@@ -116,10 +132,7 @@ class ListRequest:
             raise invalid_parameter("sort", f"'{sort[:64]}' is not a valid sort parameter.")
         size = default_size
         if "page[size]" in params:
-            try:
-                size = int(params["page[size]"])
-            except ValueError:
-                size = 0
+            size = ascii_int(params["page[size]"]) or 0
             if not 1 <= size <= max_size:
                 raise invalid_parameter("page[size]", f"page[size] must be 1 to {max_size}.")
         cursor = decode_cursor(params["page[cursor]"]) if "page[cursor]" in params else None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import math
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,8 +12,9 @@ from trackhouse.api.accept import identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
 from trackhouse.api.event_reads import PROFILE_FIELDS
 from trackhouse.api.paging import ListRequest, base_url, page_links
+from trackhouse.identifiers import identifier_key
 from trackhouse.query.events import sparse
-from trackhouse.query.filters import Condition
+from trackhouse.query.filters import MAX_SECONDS, MIN_SECONDS, Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
 from trackhouse.store.sqlite import ProfileQuery
 
@@ -45,24 +47,29 @@ SORTS = ("id", "-id", "created", "-created", "updated", "-updated")
 TIME_OPERATORS = ("greater-than", "greater-or-equal", "less-than", "less-or-equal")
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
+def _iso(seconds: int) -> str:
+    # Stored times are real, so a bound clamped to datetime's range selects the same profiles.
+    seconds = min(max(seconds, MIN_SECONDS), MAX_SECONDS)
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _time_bound(q: ProfileQuery, condition: Condition) -> None:
     """created/updated filters, as bounds on the stored whole-second ISO strings."""
-    moment = condition.value
-    if not isinstance(moment, datetime):
+    if not isinstance(condition.value, datetime | str):
         raise APIError(
             400,
             "invalid",
             f"Invalid filter: {condition.field} needs a datetime.",
             parameter="filter",
         )
-    whole = moment.replace(microsecond=0)
-    ceil = whole if whole == moment else whole + timedelta(seconds=1)
-    low = {"greater-or-equal": ceil, "greater-than": whole + timedelta(seconds=1)}
-    high = {"less-than": ceil, "less-or-equal": whole + timedelta(seconds=1)}
+    try:
+        x = instant(condition.value)
+    except FilterError as exc:
+        raise APIError(
+            400, "invalid", f"Invalid filter: {condition.field}: {exc}.", parameter="filter"
+        ) from None
+    low = {"greater-or-equal": math.ceil(x), "greater-than": math.floor(x) + 1}
+    high = {"less-than": math.ceil(x), "less-or-equal": math.floor(x) + 1}
     name = condition.field
     if condition.op in low:
         setattr(q, f"{name}_since", _iso(low[condition.op]))
@@ -93,8 +100,10 @@ async def get_profiles(request: Request) -> Response:
         if condition.field == "id":
             ids = list(values)
         elif condition.field in IDENTIFIER_FILTERS and identifiers is None:
+            # Compared as identity resolution compares them: "+1 415 555 0100" finds the
+            # profile whose phone number was written so, stored as +14155550100.
             kind = IDENTIFIER_FILTERS[condition.field]
-            identifiers = (kind, [v.lower() if kind == "email" else v for v in values])
+            identifiers = (kind, [identifier_key(kind, v) for v in values])
         else:
             raise query.bad_filter(f"'{condition.field}' is not a filterable field")
     after = query.cursor_value(str)

@@ -1,7 +1,9 @@
-"""GET /api/event-receipts/{id}: what became of one single create (an extension).
+"""GET /api/event-receipts/{id}: what became of one accepted submission (an extension).
 
-Every 202 from POST /api/events and /client/events carries a `Trackhouse-Receipt` header;
-this shows whether that submission is still queued or, once processed, each event's outcome.
+Every acceptance that is not a bulk job — a 202 from POST /api/events, /client/events and
+/client/event-bulk-create, a `1` from Track and Identify — carries a `Trackhouse-Receipt`
+header; this shows whether that submission is still queued or, once processed, each event's
+outcome (an identify's profile change has one).
 """
 
 from __future__ import annotations

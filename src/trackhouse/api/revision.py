@@ -13,8 +13,17 @@ from datetime import UTC, date, datetime
 
 from trackhouse.api.errors import APIError
 
+# The new API's first revision: an older date names nothing Klaviyo ever served (400).
+FIRST_REVISION = date(2022, 10, 17)
 OLDEST_SERVED = date(2023, 1, 24)
-_FORMAT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:\.([A-Za-z0-9_-]+))?$")
+# YYYY-MM-DD[.suffix]; Klaviyo's suffixes are short words ("pre"). The header is copied into
+# every log entry of the request, so its length is bounded before anything else looks at it.
+MAX_SUFFIX = 20
+MAX_HEADER = 10 + 1 + MAX_SUFFIX
+_FORMAT = re.compile(
+    rf"^(\d{{4}})-(\d{{2}})-(\d{{2}})(?:\.([A-Za-z0-9_-]{{1,{MAX_SUFFIX}}}))?$", re.ASCII
+)
+_FORMAT_TEXT = f"format: YYYY-MM-DD[.suffix], a suffix of at most {MAX_SUFFIX} letters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +78,17 @@ def parse_revision(
     header: str | None, fall_forward_opt_out: bool = False, today: date | None = None
 ) -> tuple[date, RevisionRules]:
     """Validate a `revision` header and return its date and rules (or raise the API error)."""
+    if header is not None and len(header) > MAX_HEADER + 8:  # (+ surrounding spaces)
+        # Refused before the cache below, which would otherwise keep such headers.
+        raise _malformed(header)
     return _parse_revision(header, fall_forward_opt_out, today or datetime.now(UTC).date())
+
+
+def _malformed(header: str) -> APIError:
+    shown = header[:40] + ("…" if len(header) > 40 else "")
+    return APIError(
+        400, "invalid", f"Invalid revision '{shown}' ({_FORMAT_TEXT}).", parameter="revision"
+    )
 
 
 # Clients send the same few headers over and over: remember the answers (errors are raised
@@ -80,26 +99,28 @@ def _parse_revision(
 ) -> tuple[date, RevisionRules]:
     if header is None or not header.strip():
         raise APIError(
-            400,
-            "invalid",
-            "The 'revision' header is required (format: YYYY-MM-DD[.suffix]).",
+            400, "invalid", f"The 'revision' header is required ({_FORMAT_TEXT}).",
             parameter="revision",
-        )
-    match = _FORMAT.match(header.strip())
+        )  # fmt: skip
+    header = header.strip()
+    match = _FORMAT.match(header)
     try:
         if not match:
             raise ValueError
         day = date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
     except ValueError:
-        raise APIError(
-            400,
-            "invalid",
-            f"Invalid revision '{header[:40]}' (format: YYYY-MM-DD[.suffix]).",
-            parameter="revision",
-        ) from None
+        raise _malformed(header) from None
     if day > today:
         raise APIError(
             404, "not_found", "Unable to specify a future revision date.", parameter="revision"
+        )
+    if day < FIRST_REVISION:
+        raise APIError(
+            400,
+            "invalid",
+            f"Revision {header} is before the earliest available revision "
+            f"({FIRST_REVISION.isoformat()}).",
+            parameter="revision",
         )
     if day < OLDEST_SERVED:
         # Klaviyo serves a retired revision as the oldest one still served (fall-forward)
@@ -113,7 +134,7 @@ def _parse_revision(
                 parameter="revision",
             )
         day = OLDEST_SERVED
-    return day, rules_for(day, header.strip())
+    return day, rules_for(day, header)
 
 
 def require_since(day: date, since: date) -> None:

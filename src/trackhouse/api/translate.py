@@ -23,6 +23,7 @@ from trackhouse.api.wire import (
     ProfileData,
     ProfileMeta,
 )
+from trackhouse.identifiers import identifier_key
 from trackhouse.model import Event, ProfileChange
 
 PROFILE_ATTRIBUTES = ("first_name", "last_name", "organization", "title", "locale", "image")
@@ -207,7 +208,9 @@ def jsonapi_event(
     )
     return Event(
         metric=limits.check_metric_name(metric.name, where + "/metric/data/attributes/name"),
-        service=metric.service or "api",
+        service=limits.check_metric_service(
+            metric.service, where + "/metric/data/attributes/service"
+        ),
         properties=attrs.properties,
         time=limits.parse_event_time(attrs.time, now, rules.min_event_year, where + "/time"),
         value=attrs.value,
@@ -227,7 +230,7 @@ def flat_event(attrs: FlatEventAttributes, where: str, rules: RevisionRules, now
     )
     return Event(
         metric=limits.check_metric_name(attrs.metric.name, where + "/metric/name"),
-        service=attrs.metric.service or "api",
+        service=limits.check_metric_service(attrs.metric.service, where + "/metric/service"),
         properties=attrs.properties,
         time=limits.parse_event_time(attrs.time, now, rules.min_event_year, where + "/time"),
         value=attrs.value,
@@ -265,10 +268,11 @@ def check_repeated_unique_ids(
 ) -> None:
     """2025-01-15 on: a unique_id repeated for one profile+metric fails the whole request.
 
-    Two groups are taken to be one profile when they share any identifier."""
+    Two groups are taken to be one profile when they share any identifier, compared as
+    identity resolution compares them (`identifier_key`: emails case- and Unicode-insensitive)."""
     seen: set[tuple[str, str, str, str]] = set()
     for g, (profile, events) in enumerate(groups):
-        who = profile.identifiers().items()
+        who = [(kind, identifier_key(kind, value)) for kind, value in profile.identifiers().items()]
         for i, event in enumerate(events):
             if event.unique_id is None:
                 continue

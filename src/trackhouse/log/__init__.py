@@ -18,6 +18,11 @@ class LogUnavailable(Exception):
     """The log could not commit (disk full, read-only, locked, closed): nothing was written."""
 
 
+class LogMismatch(Exception):
+    """The store does not belong to this log (another log's, or ahead of this one's head):
+    serving would acknowledge events that are never processed, so nothing may start."""
+
+
 class LogOverloaded(Exception):
     """Too much is waiting to be committed; the caller should retry later."""
 
@@ -41,6 +46,9 @@ class LogEntry:
 class EventLog(Protocol):
     # The newest committed position, kept in memory: cheap enough to read on every request.
     committed: int
+    # Made when the log is created and kept in it: a store records the identity of the log it
+    # is built from, and refuses any other (`trackhouse.server.open_pipeline`).
+    identity: str
 
     async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
         """Commit the submissions (and the job they belong to) durably, all or nothing."""

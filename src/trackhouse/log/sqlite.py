@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ CREATE TABLE IF NOT EXISTS entries (
     submission BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_receipt ON entries (receipt_id) WHERE receipt_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (  -- identity: which log this is (see EventLog.identity)
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL,
@@ -89,6 +94,12 @@ class SQLiteLog:
         self.max_pending_bytes = max_pending_bytes
         self._writer = connect(path)
         self._writer.executescript(SCHEMA)
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('identity', ?)", (uuid.uuid4().hex,)
+        )
+        (self.identity,) = self._writer.execute(
+            "SELECT value FROM meta WHERE key = 'identity'"
+        ).fetchone()
         (self.committed,) = self._writer.execute(
             "SELECT coalesce(max(seq), 0) FROM entries"
         ).fetchone()

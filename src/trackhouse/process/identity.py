@@ -5,6 +5,9 @@ A profile is found by the first identifier that matches, in the order `id`, `ext
 other profile owns are added to it; one owned by another profile stays where it is and the
 outcome records the conflict — never an implicit merge. Client (public-key) submissions add
 identifiers but never change one the profile already has.
+
+Identifiers are compared by their key (`trackhouse.identifiers`: a normalized, lower-cased
+email, an E.164 phone number); the profile keeps the spelling it was first given.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from trackhouse.identifiers import email_key, identifier_key
 from trackhouse.ids import new_ulid
 from trackhouse.model import ProfileChange
 from trackhouse.process.profiles import MAX_EMAILS, Profile, decode_profile, encode_profile
 
-Key = tuple[str, str, str]  # (account_id, kind, value)
+Key = tuple[str, str, str]  # (account_id, kind, identifier key)
 
 # Caches are dropped whole (at a batch boundary) once they hold about this much: an estimate
 # from each cached profile's encoded size and a per-entry overhead (a Python object is several
@@ -24,11 +28,6 @@ Key = tuple[str, str, str]  # (account_id, kind, value)
 MAX_CACHED_BYTES = 96 * 1024 * 1024
 PROFILE_OVERHEAD = 600  # bytes per cached profile beside 4× its encoding
 OWNER_BYTES = 250  # per cached identifier → profile entry
-
-
-def identifier_value(kind: str, value: str) -> str:
-    """Emails match case-insensitively."""
-    return value.lower() if kind == "email" else value
 
 
 class ProfileBook:
@@ -106,6 +105,14 @@ class ProfileBook:
         if self.cached_bytes() > MAX_CACHED_BYTES:
             self.forget()
 
+    def size(self, profile_id: str) -> int:
+        """An upper bound of the profile's encoded size, as changed in this batch so far."""
+        return self._sizes.get(profile_id, 0)
+
+    def resized(self, profile_id: str, size: int) -> None:
+        """The profile was changed; `size` bounds its encoding now."""
+        self._sized(profile_id, size)
+
     def _sized(self, profile_id: str, size: int) -> None:
         self._profile_bytes += size - self._sizes.get(profile_id, 0)
         self._sizes[profile_id] = size
@@ -133,17 +140,13 @@ class Resolution:
 def resolve_profile(
     book: ProfileBook, account_id: str, change: ProfileChange, now: str
 ) -> Resolution:
-    given = {
-        kind: identifier_value(kind, value)
-        for kind, value in change.identifiers().items()
-        if kind != "id"
-    }
+    given = {kind: value for kind, value in change.identifiers().items() if kind != "id"}
     profile = None
     if change.id:
         profile = book.get(account_id, change.id)
     if profile is None:
         for kind, value in given.items():
-            owner = book.owner(account_id, kind, value)
+            owner = book.owner(account_id, kind, identifier_key(kind, value))
             if owner is not None:
                 profile = book.get(account_id, owner)
                 break
@@ -169,15 +172,15 @@ def _add_identifier(
     may_change: bool,
     resolution: Resolution,
 ) -> None:
-    owner = book.owner(profile.account_id, kind, value)
+    key = identifier_key(kind, value)
+    owner = book.owner(profile.account_id, kind, key)
     if owner == profile.id:
-        if (
-            kind == "email"
-            and "email" not in profile.identifiers
-            and value in profile.secondary_emails
-        ):
-            profile.identifiers["email"] = value
-            profile.secondary_emails.remove(value)
+        if kind == "email" and "email" not in profile.identifiers:
+            # A secondary address sent as the email: it becomes the primary one.
+            found = [e for e in profile.secondary_emails if email_key(e) == key]
+            if found:
+                profile.identifiers["email"] = found[0]
+                profile.secondary_emails.remove(found[0])
         return
     if owner is not None:
         resolution.notes.append(f"{kind} belongs to profile {owner}; it was not moved")
@@ -189,8 +192,8 @@ def _add_identifier(
                 f"{kind} not changed: client endpoints cannot change an existing identifier"
             )
             return
-        book.release(profile, kind, current)
-    book.claim(profile, kind, value)
+        book.release(profile, kind, identifier_key(kind, current))
+    book.claim(profile, kind, key)
     profile.identifiers[kind] = value
 
 
@@ -198,8 +201,9 @@ def _patch_emails(
     book: ProfileBook, profile: Profile, change: ProfileChange, resolution: Resolution
 ) -> None:
     """meta.patch_identifiers: secondary email addresses."""
-    for email in map(str.lower, change.add_emails):
-        owner = book.owner(profile.account_id, "email", email)
+    for email in change.add_emails:
+        key = email_key(email)
+        owner = book.owner(profile.account_id, "email", key)
         if owner == profile.id:
             continue
         if owner is not None:
@@ -207,12 +211,13 @@ def _patch_emails(
         elif ("email" in profile.identifiers) + len(profile.secondary_emails) >= MAX_EMAILS:
             resolution.notes.append(f"a profile keeps at most {MAX_EMAILS} emails; one not added")
         else:
-            book.claim(profile, "email", email)
+            book.claim(profile, "email", key)
             profile.secondary_emails.append(email)
     if change.remove_emails and not change.may_change_identifiers:
         resolution.notes.append("emails not removed: client endpoints cannot remove identifiers")
         return
-    for email in map(str.lower, change.remove_emails):
-        if email in profile.secondary_emails:
-            book.release(profile, "email", email)
-            profile.secondary_emails.remove(email)
+    for email in change.remove_emails:
+        key = email_key(email)
+        for secondary in [e for e in profile.secondary_emails if email_key(e) == key]:
+            book.release(profile, "email", key)
+            profile.secondary_emails.remove(secondary)

@@ -20,6 +20,7 @@ import secrets
 import sqlite3
 import string
 import threading
+import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -27,7 +28,7 @@ import msgspec
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
-from trackhouse.process.profiles import apply_attributes
+from trackhouse.process.profiles import PROFILE_TOO_LARGE, apply_bounded
 from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
 
 logger = logging.getLogger("trackhouse.process")
@@ -63,6 +64,9 @@ def _iso(seconds: float) -> str:
 class Processor:
     def __init__(self, log: EventLog, store: SQLiteStore) -> None:
         self.log = log
+        # One processor per store (ProcessorRunning otherwise): two would race on the same
+        # entries and one would loop on their outcomes' unique key forever.
+        self.claim = store.claim_processing()
         self.conn = store.writer()
         self.book = ProfileBook(self.conn)
         self._metrics: dict[tuple[str, str, str], str] = {}
@@ -71,6 +75,9 @@ class Processor:
         self.wake = threading.Event()  # set by the log after each commit
         self.hurry = threading.Event()  # set to skip the linger (a waiter, shutdown)
         self.lock = threading.Lock()  # one batch (or reset) at a time
+        # Log positions that processing must not pass while a reset waits for the lock.
+        self._ceilings: list[int] = []
+        self._ceilings_lock = threading.Lock()
         self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
 
     # -- the loop ------------------------------------------------------------------------
@@ -92,7 +99,10 @@ class Processor:
             backoff = 0.05
             # A backlog: no waiting. (A batch may end short of BATCH_ENTRIES because it reached
             # BATCH_BYTES, so the log is asked how much is left.)
-            if processed >= BATCH_ENTRIES or self.log.head() - self.position >= BATCH_ENTRIES // 2:
+            # (None processed with entries waiting: a reset holds processing at its ceiling.)
+            if processed and (
+                processed >= BATCH_ENTRIES or self.log.head() - self.position >= BATCH_ENTRIES // 2
+            ):
                 continue
             if not processed:
                 self.wake.wait(0.25)
@@ -106,7 +116,11 @@ class Processor:
             return self._run_once(max_entries)
 
     def _run_once(self, max_entries: int) -> int:
-        entries = self.log.read(self.position, max_entries, BATCH_BYTES)
+        with self._ceilings_lock:
+            until = min(self._ceilings, default=None)
+            entries = self.log.read(self.position, max_entries, BATCH_BYTES)
+        if until is not None:
+            entries = [e for e in entries if e.seq <= until]
         if not entries:
             return 0
         try:
@@ -168,10 +182,15 @@ class Processor:
         profile = resolution.profile
         if profile is None:
             return _row(seq, s, None, [("rejected", None, resolution.rejected)] * _slots(s))
-        apply_attributes(profile, s.profile)
+        size = apply_bounded(profile, s.profile, self.book.size(profile.id))
+        if size is None:  # the profile stays as it was; the events are still stored
+            resolution.notes.append(PROFILE_TOO_LARGE)
+        else:
+            self.book.resized(profile.id, size)
         notes = "; ".join(resolution.notes) or None
         if not s.events:  # identify: a profile change only
-            return _row(seq, s, profile.id, [("stored", None, notes)])
+            outcome = "stored" if size is not None else "rejected"
+            return _row(seq, s, profile.id, [(outcome, None, notes)])
         if len(s.events) > EVENTS_PER_ENTRY:  # the API refuses these; rowids depend on it
             raise ValueError(f"a submission holds at most {EVENTS_PER_ENTRY} events")
 
@@ -286,34 +305,56 @@ class Processor:
         self._metrics[key] = metric_id
         return metric_id
 
-    def reset_account(self, account_id: str, head: int) -> dict[str, int]:
-        """Process the log up to `head`, then delete the account's processed data (test
-        control), all under the lock: entries after `head` are processed after the reset."""
+    def reset_account(self, account_id: str, deadline: float) -> tuple[int, dict[str, int]]:
+        """Delete exactly what the account had accepted when this was called (test control):
+        the log's head is taken now, processing is held at it, caught up to it under the
+        lock, the data deleted, and only then are later entries — accepted while the reset
+        waited — processed, and kept. Storage trouble is retried until `deadline`
+        (time.monotonic()), then TimeoutError, with nothing deleted. Returns (head, counts)."""
+        with self._ceilings_lock:
+            # Under this lock no batch is between reading the log and knowing the ceiling: one
+            # read before is of entries committed before `head` was read.
+            head = self.log.head()
+            self._ceilings.append(head)
+        try:
+            with self.lock:
+                return head, self._reset(account_id, head, deadline)
+        finally:
+            with self._ceilings_lock:
+                self._ceilings.remove(head)
+            self.wake.set()
+
+    def _reset(self, account_id: str, head: int, deadline: float) -> dict[str, int]:
         deleted = {}
-        with self.lock:
-            while self.position < head:
-                self._run_once(BATCH_ENTRIES)
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+        while self.position < head:
             try:
-                for table in ("events", "profiles", "identifiers", "metrics", "outcomes"):
-                    sql = f"DELETE FROM {table} WHERE account_id = ?"
-                    deleted[table] = conn.execute(sql, (account_id,)).rowcount
-                # Jobs and receipts up to here answer 404 from now on, not "queued" forever.
-                conn.execute(
-                    "INSERT INTO resets VALUES (?, ?)"
-                    " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
-                    (account_id, self.position),
-                )
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self.forget()
+                self._run_once(BATCH_ENTRIES)
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"processing is stalled: {exc}") from None
+                time.sleep(0.05)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("events", "profiles", "identifiers", "metrics", "outcomes"):
+                sql = f"DELETE FROM {table} WHERE account_id = ?"
+                deleted[table] = conn.execute(sql, (account_id,)).rowcount
+            # Jobs and receipts up to here answer 404 from now on, not "queued" forever.
+            conn.execute(
+                "INSERT INTO resets VALUES (?, ?)"
+                " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
+                (account_id, head),
+            )
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.forget()
         return deleted
 
     def close(self) -> None:
         self.conn.close()
+        self.claim.release()
 
 
 def _join(detail: str, notes: str | None) -> str:

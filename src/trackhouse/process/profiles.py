@@ -13,6 +13,15 @@ import msgspec
 from trackhouse.model import ProfileChange
 
 MAX_EMAILS = 5  # Multi-Email Profiles keep up to five addresses (reference § 2.15)
+# A stored profile is rewritten whole whenever one of its events is processed: without a bound,
+# `patch_properties.append` grows it forever (200 appends of 90 KB made 17 MB, and each later
+# event for it cost 66 ms instead of 12). A request's profile may be 95 KB; a stored one five
+# such requests' worth. A change that would pass this is refused, and the profile kept as it was.
+MAX_STORED_PROFILE_BYTES = 512 * 1024
+PROFILE_TOO_LARGE = (
+    f"profile change not applied: the stored profile would be larger than "
+    f"{MAX_STORED_PROFILE_BYTES // 1024} KB"
+)
 
 
 class Profile(msgspec.Struct, kw_only=True):
@@ -50,6 +59,31 @@ def _merge(target: dict[str, Any], changes: dict[str, Any]) -> None:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def change_size(change: ProfileChange) -> int:
+    """An upper bound of how many bytes `change` can add to a profile's encoding."""
+    parts = (change.attributes, change.location, change.properties, change.append)
+    return len(_encoder.encode(parts))
+
+
+def apply_bounded(profile: Profile, change: ProfileChange, size: int) -> int | None:
+    """Apply `change` unless the profile (now at most `size` bytes encoded) would pass
+    MAX_STORED_PROFILE_BYTES. Returns the new size bound, or None when the change was refused
+    and the profile left as it was."""
+    grows = change_size(change)
+    if size + grows <= MAX_STORED_PROFILE_BYTES:  # the usual case: no need to measure
+        apply_attributes(profile, change)
+        return size + grows
+    kept = _encoder.encode((profile.attributes, profile.location, profile.properties))
+    before = len(encode_profile(profile))
+    apply_attributes(profile, change)
+    measured = len(encode_profile(profile))
+    # A profile stored over the bound before it existed may still shrink (unset, say).
+    if measured <= MAX_STORED_PROFILE_BYTES or measured < before:
+        return measured
+    profile.attributes, profile.location, profile.properties = msgspec.json.decode(kept)
+    return None
 
 
 def apply_attributes(profile: Profile, change: ProfileChange) -> None:

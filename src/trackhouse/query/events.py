@@ -20,9 +20,24 @@ _encode = msgspec.json.Encoder().encode
 _ECHOED = (b'"$event_id"', b'"$value"', b'"$value_currency"')
 
 
-def event_uuid(rowid: int) -> str:
-    """Stable per event and free to make: a version-8 (custom) UUID holding the rowid."""
-    return f"00000000-0000-8000-8000-{rowid:012x}"
+# RFC 9562 version 1: 100-ns intervals since 1582-10-15, the Gregorian reform.
+_GREGORIAN_OFFSET = 12_219_292_800  # seconds from 1582-10-15 to 1970-01-01
+_MULTICAST = 1 << 40  # the node bit that says "not a real MAC address" (RFC 9562 § 6.10)
+
+
+def event_uuid(time: int, rowid: int) -> str:
+    """A time-based (version 1) UUID, as Klaviyo's are: its timestamp is the event's time, and
+    its clock sequence and node hold the rowid (61 bits), so it is stable and unique per event."""
+    ticks = ((time + _GREGORIAN_OFFSET) * 10_000_000) & ((1 << 60) - 1)
+    clock_seq = (rowid >> 40) & 0x3FFF  # rowid bits 40-53
+    node = (rowid & ((1 << 40) - 1)) | _MULTICAST | (((rowid >> 54) & 0x7F) << 41)
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 (faster than f-strings with specs)
+        ticks & 0xFFFFFFFF,
+        (ticks >> 32) & 0xFFFF,
+        0x1000 | (ticks >> 48),
+        0x8000 | clock_seq,
+        node,
+    )
 
 
 def event_properties(row: EventRow) -> msgspec.Raw | dict[str, Any]:
@@ -52,7 +67,7 @@ def event_resource(row: EventRow, base: str, *, legacy: bool) -> dict[str, Any]:
         "timestamp": row.time,
         "event_properties": event_properties(row),
         "datetime": moment.isoformat(),
-        "uuid": event_uuid(row.rowid),
+        "uuid": event_uuid(row.time, row.rowid),
     }
     self_url = f"{base}/api/events/{eid}"
     if legacy:

@@ -16,7 +16,8 @@ Grammar (whitespace may surround any token; the text is already URL-decoded)::
                                                          or a bare date 2023-02-07
 
 `and(...)` nests at most 16 deep and is flattened away. Datetimes come back timezone-aware; one
-without an offset (including a bare date, meaning midnight) is UTC. `any`, `contains-any` and
+without an offset (including a bare date, meaning midnight) is UTC. `instant()` reads a value as
+a point in time the same way whether the datetime was quoted or not. `any`, `contains-any` and
 `contains-all` take an array (returned as a tuple); every other operator a single literal.
 
 Whether a field supports an operator depends on the endpoint, so that check is left to the caller.
@@ -84,6 +85,33 @@ class Condition:
     op: str  # "equals", "greater-than", ..., "has"
     field: str
     value: Value  # None for has; a tuple for any / contains-any / contains-all
+
+
+# The instants a filter may name as a number of seconds: datetime's own range (years 1 to 9999,
+# UTC). A datetime with an offset may fall up to a day outside it, which is still exact.
+MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
+MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def instant(value: Value) -> float:
+    """A condition's value as seconds since the epoch: a datetime (unquoted, or quoted RFC 3339;
+    without an offset it is UTC, never the server's local time) or a number of seconds within
+    years 1 to 9999. Anything else raises FilterError."""
+    if isinstance(value, str):
+        match = _DATETIME.fullmatch(value.strip())
+        if match is None:
+            raise FilterError(f"{_snippet(value)} is not an RFC 3339 datetime")
+        value = _datetime(match, 0)
+    if isinstance(value, datetime):
+        return value.timestamp()  # exact even at years 1 and 9999 with an offset
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not MIN_SECONDS <= value <= MAX_SECONDS:
+            raise FilterError(
+                f"{value!r} seconds is out of range ({MIN_SECONDS} to {MAX_SECONDS}, "
+                "years 1 to 9999)"
+            )
+        return float(value)
+    raise FilterError(f"{_snippet(str(value))} is neither a datetime nor a number of seconds")
 
 
 def parse_filter(text: str) -> list[Condition]:

@@ -8,6 +8,9 @@ file also holds accounts and keys (`store/accounts.py`).
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -16,10 +19,16 @@ from typing import Any
 
 import msgspec
 
+from trackhouse.log import LogMismatch
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (  -- log_identity: the log this store is built from
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS resets (  -- test control: the log position of an account's reset
     account_id TEXT PRIMARY KEY,
@@ -82,6 +91,7 @@ CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
 
+MAX_ROWID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer
 # Event ids on the wire are the rowid in base 62: short like Klaviyo's, stable across restarts.
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -136,7 +146,8 @@ def event_rowid(event_id: str) -> int | None:
         if digit < 0:
             return None
         value = value * 62 + digit
-    return value
+    # Eleven base-62 digits (the shape of Klaviyo's ids) reach past 2**63: no rowid is there.
+    return value if value <= MAX_ROWID else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +206,36 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class ProcessorRunning(Exception):
+    """Another process is processing into this store."""
+
+
+class ProcessingClaim:
+    """An exclusive `flock` on a file beside the store. The kernel drops it when its process
+    dies, however it dies, so a crashed processor never leaves a stale claim behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a+")  # noqa: SIM115 (held open for as long as the claim)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read(200).strip() or "another process"
+            self._file.close()
+            raise ProcessorRunning(
+                f"This store is already being processed by {holder}, which holds {path}; "
+                "one processor per store. Stop that one first."
+            ) from None
+        self._file.truncate(0)
+        self._file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing the file drops the lock
+
+
 class SQLiteStore:
     """Read access for the API; the processor opens its own writer (`writer()`)."""
 
@@ -213,6 +254,38 @@ class SQLiteStore:
     def _all(self, sql: str, args: tuple[Any, ...]) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
+
+    def bind_log(self, identity: str, head: int, log_name: str) -> None:
+        """Record the log this store is built from on first use; afterwards refuse any other
+        log, and a log whose head is behind what this store has processed (an older copy).
+        Raises LogMismatch with what was found and what to do."""
+        with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_identity', ?)", (identity,))
+            (bound,) = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'log_identity'"
+            ).fetchone()
+        position = self.position()
+        if bound != identity:
+            raise LogMismatch(
+                f"The store {self.path} was built from another log (log {bound}) than "
+                f"{log_name} (log {identity}), which was created afresh or replaced; "
+                f"processing it would skip or mix up events (the store has processed "
+                f"{position} entries, the log holds {head}). Put the log that belongs to "
+                f"the store back, or start with a new data directory."
+            )
+        if position > head:
+            raise LogMismatch(
+                f"The store {self.path} has processed {position} entries of its log, but "
+                f"{log_name} ends at entry {head}: it is an older copy of that log, or was "
+                f"cut short. Events accepted now would never be processed. Put the complete "
+                f"log back, or start with a new data directory."
+            )
+
+    def claim_processing(self) -> ProcessingClaim:
+        """The right to process into this store, held until released or the process ends.
+        Two processors on one store would apply the same entries twice; the second one is
+        refused at once (ProcessorRunning, naming the process that holds the claim)."""
+        return ProcessingClaim(self.path.with_name(self.path.name + ".processor.lock"))
 
     def position(self, name: str = "processor") -> int:
         rows = self._all("SELECT seq FROM positions WHERE name = ?", (name,))
