@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from trackhouse.model import Submission, decode_submission
-from trackhouse.server import LOG_FILE
+from trackhouse.server import LOG_FILE, STORE_FILE
 
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"
@@ -87,6 +87,15 @@ class Server:
         finally:
             conn.close()
         return [decode_submission(blob) for (blob,) in rows]
+
+    def raw_profile(self, profile_id: str) -> bytes:
+        """A profile's stored document, as the store holds it."""
+        conn = sqlite3.connect(self.data_dir / STORE_FILE)
+        try:
+            (doc,) = conn.execute("SELECT doc FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+        finally:
+            conn.close()
+        return doc
 
     def receipt(self, receipt_id: str) -> Submission:
         """The logged submission of a single create, by its receipt id."""

@@ -1,4 +1,5 @@
-"""The ASGI application: the route table and the JSON:API error handling around it."""
+"""The ASGI application: the route table, the JSON:API error handling around it, and CORS for
+`/client/*`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackhouse.api import (
     admin,
     bulk,
+    cors,
     event_reads,
     events,
     legacy,
@@ -105,22 +108,68 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(APIError(500, "error", "An unexpected error occurred."))
 
 
+class AnswerUnexpected:
+    """An exception no handler took becomes a whole JSON:API 500, on a connection that stays
+    open for the client's next request.
+
+    Starlette's own last resort, ServerErrorMiddleware (where an `Exception` handler would go),
+    re-raises after sending its 500 so that the server can log it, and uvicorn then drops the
+    connection without having said `Connection: close`: a pooled client's next request on it
+    fails. This sits inside ServerErrorMiddleware and raises only what began a response it
+    could not finish, which only closing the connection can end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unexpected(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
 class FastWrites:
     """POSTs to the write endpoints go straight to their handlers, found in a dict, instead of
     through Starlette's middleware stack and its route-by-route regex scan: the same handlers
     and the same JSON:API errors, for a fifth less time per request (bench/RESULTS.md).
-    Everything else is Starlette's."""
+    Everything under `/client/` gets its CORS headers here (`cors`). Everything else is
+    Starlette's."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.state = app.state
-        self.endpoints = {route.path: route.endpoint for route in WRITES}
+        # path → (handler, whether its answers carry CORS headers)
+        self.endpoints = {
+            route.path: (route.endpoint, route.path.startswith(cors.CLIENT_PREFIX))
+            for route in WRITES
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        write = self.endpoints.get(path)
+        if write is None or scope["method"] != "POST":
+            if path.startswith(cors.CLIENT_PREFIX):
+                await cors.answer(self.app, scope, receive, send, route=write is not None)
+            else:
+                await self.app(scope, receive, send)
+            return
+        endpoint, client = write
         scope["app"] = self.app
         request = Request(scope, receive)
         try:
@@ -131,6 +180,8 @@ class FastWrites:
             response = await _http_error(request, exc)
         except Exception as exc:
             response = await _unexpected(request, exc)
+        if client:
+            response.raw_headers.extend(cors.ANSWER_HEADERS)
         await response(scope, receive, send)
 
 
@@ -147,8 +198,8 @@ def build_app(
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
-            Exception: _unexpected,
         },
+        middleware=[Middleware(AnswerUnexpected)],
     )
     app.state.log = log
     app.state.accounts = accounts

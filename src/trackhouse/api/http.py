@@ -11,7 +11,10 @@ size. Here:
 - its body within `BODY_SECONDS` of the head, else a 408 (slowloris, or a Content-Length that
   promises more than is sent);
 - a head larger than `MAX_HEAD_BYTES` gets a 431, so a head costs at most that much (plus one
-  read) in memory.
+  read) in memory;
+- a request httptools cannot parse (duplicate or conflicting `Content-Length`, one beside
+  `Transfer-Encoding`, obsolete line folding, a broken chunk…) gets a 400 `invalid` in the
+  JSON:API shape instead of uvicorn's plain text, after the answers to the requests before it.
 
 The refused connection is answered with a JSON:API error and closed after a short linger.
 Deadlines are checked by one sweep a second per event loop over the open connections, not
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import weakref
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from trackhouse.api.errors import APIError
@@ -35,7 +40,7 @@ MAX_HEAD_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0
 SWEEP_SECONDS = 0.25 if min(HEAD_SECONDS, BODY_SECONDS) < 5 else 1.0
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 # The open connections of each event loop, and whether its sweep is scheduled.
 _open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[BoundedHttpTools]] = (
     weakref.WeakKeyDictionary()
@@ -74,6 +79,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     _head_bytes = 0
     _messages = 0  # requests begun on this connection
     _refused = False
+    _unparsable: str | None = None  # a 400's detail, held until earlier requests are answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -123,7 +129,11 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._head_since is None and self._body_since is None:
+        if self._unparsable is not None:
+            if not self._answering() and not self.transport.is_closing():
+                detail, self._unparsable = self._unparsable, None
+                self._refuse(400, "invalid", detail)
+        elif self._head_since is None and self._body_since is None:
             # uvicorn's keep-alive timer closes an idle connection, but any byte cancels it,
             # even a stray CRLF that begins no request: this deadline does not move.
             self._idle_since = self.loop.time()
@@ -152,6 +162,43 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._refuse(408, "request_timeout", detail)
         elif self._idle_since is not None and now - self._idle_since > HEAD_SECONDS:
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes httptools refuses, called from its `except HttpParserError`
+        in `data_received` (so the parser's reason is the exception being handled): in the
+        JSON:API shape, and never cutting into the answer to a request before them."""
+        if self._refused:
+            return
+        reason = sys.exc_info()[1]
+        if isinstance(reason, httptools.HttpParserCallbackError) and isinstance(
+            reason.__context__, httptools.HttpParserInvalidURLError | UnicodeDecodeError
+        ):
+            # Raised in uvicorn's on_headers_complete, which parses the target as a URL.
+            detail = "The request target is not a valid URL."
+        elif reason is not None:
+            detail = f"The request is not valid HTTP/1.1: {str(reason)[:200]}."
+        else:
+            detail = "The request is not valid HTTP/1.1."
+        cycle = self.cycle
+        if self._body_since is not None and cycle is not None and not cycle.response_started:
+            # The bytes refused are this request's own body: its handler stops waiting for it
+            # (and its answer, if it has one ready, is dropped: the 400 answers it).
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if self._answering():
+            # A request parsed before these bytes is still being answered (pipelined): a 400
+            # now would cut into its answer. It follows it (on_response_complete).
+            self._refused = True  # the parser is stuck: what follows is dropped
+            self._head_since = self._body_since = self._idle_since = None
+            self._unparsable = detail
+            return
+        self._refuse(400, "invalid", detail)
+
+    def _answering(self) -> bool:
+        """Whether an answer to a request on this connection is still to be written."""
+        cycle = self.cycle
+        in_flight = cycle is not None and not cycle.response_complete and not cycle.disconnected
+        return in_flight or bool(self.pipeline)
 
     def _refuse(self, status: int, code: str, detail: str) -> None:
         """Answer, then close after a short linger. Closing at once, with the client's bytes

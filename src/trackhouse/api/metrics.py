@@ -17,7 +17,6 @@ from trackhouse.api.paging import (
     base_url,
     decode_cursor,
     encode_cursor,
-    invalid_parameter,
     page_links,
 )
 from trackhouse.query.aggregates import AggregateError, aggregate
@@ -98,6 +97,25 @@ class AggregateQuery(_Wire):
     data: AggregateData
 
 
+MAX_OFFSET = 2**31  # far past any real number of groups; keeps the next cursor a small int
+
+
+def _offset(cursor: str | None, where: str) -> int:
+    """The row offset in a page_cursor we issued (a whole `next` link is accepted too).
+
+    The cursor is a body attribute, so a bad one is refused with a pointer to it."""
+    if not cursor:
+        return 0
+    try:
+        offset = decode_cursor(cursor, "page_cursor")
+    except APIError:
+        offset = None
+    # bool is an int to Python, and a huge int would only come back as a bigger next cursor.
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise invalid("Invalid cursor provided.", where)
+    return offset
+
+
 async def query_metric_aggregates(request: Request) -> Response:
     caller = identify_caller(request, scope="metrics:read", endpoint_class="aggregates")
     require_json_content_type(request)
@@ -110,11 +128,7 @@ async def query_metric_aggregates(request: Request) -> Response:
         raise invalid(f"Invalid filter: {exc}", at + "/filter") from None
     if not 1 <= attrs.page_size <= 10_000:
         raise invalid("page_size must be 1 to 10000.", at + "/page_size")
-    offset = 0
-    if attrs.page_cursor:
-        offset = decode_cursor(attrs.page_cursor, "page_cursor")
-        if not isinstance(offset, int) or offset < 0:
-            raise invalid_parameter("page_cursor", "Invalid cursor provided.")
+    offset = _offset(attrs.page_cursor, at + "/page_cursor")
     started = time.monotonic()
     try:
         result = aggregate(

@@ -47,6 +47,9 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+MAX_CURSOR = 1024
+
+
 def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(value)).decode().rstrip("=")
 
@@ -57,11 +60,14 @@ def decode_cursor(text: str, parameter: str = "page[cursor]") -> Any:
     if "?" in text:
         text = (parse_qs(urlsplit(text).query).get(parameter) or [""])[0]
     text = text.lstrip("=")  # the Python SDK trims an https link to "=CURSOR"
+    # Ours are a few dozen characters; deep nesting would exhaust the decoder's recursion.
+    if len(text) > MAX_CURSOR:
+        raise invalid_parameter(parameter, "Invalid cursor provided.")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         return msgspec.json.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise invalid_parameter("page[cursor]", "Invalid cursor provided.") from None
+    except (binascii.Error, ValueError, RecursionError, msgspec.DecodeError):
+        raise invalid_parameter(parameter, "Invalid cursor provided.") from None
 
 
 def page_links(request: Request, next_value: Any = None, prev_value: Any = None) -> dict:

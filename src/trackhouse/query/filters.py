@@ -93,15 +93,21 @@ MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 
 
+def as_datetime(value: Value) -> datetime:
+    """A datetime, or a quoted one read as the unquoted form is (no offset: UTC)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and (match := _DATETIME.fullmatch(value.strip())):
+        return _datetime(match, 0)
+    raise FilterError(f"{_snippet(str(value))} is not an RFC 3339 datetime")
+
+
 def instant(value: Value) -> float:
     """A condition's value as seconds since the epoch: a datetime (unquoted, or quoted RFC 3339;
     without an offset it is UTC, never the server's local time) or a number of seconds within
     years 1 to 9999. Anything else raises FilterError."""
     if isinstance(value, str):
-        match = _DATETIME.fullmatch(value.strip())
-        if match is None:
-            raise FilterError(f"{_snippet(value)} is not an RFC 3339 datetime")
-        value = _datetime(match, 0)
+        value = as_datetime(value)
     if isinstance(value, datetime):
         return value.timestamp()  # exact even at years 1 and 9999 with an offset
     if isinstance(value, int | float) and not isinstance(value, bool):
