@@ -39,7 +39,7 @@ class Refused(Exception):
     """The payload is not acceptable: the answer is `0`."""
 
 
-def _answer(request: Request, ok: bool, status: int = 200, **headers: str) -> Response:
+def _answer(request: Request, ok: bool, headers: dict[str, str], status: int = 200) -> Response:
     if request.query_params.get("i") == "1":
         return Response(PIXEL, status, headers, media_type="image/gif")
     return Response(b"1" if ok else b"0", status, headers, media_type="text/html")
@@ -52,22 +52,24 @@ def _header_text(text: str) -> str:
 
 
 def _refused(request: Request, reason: str) -> Response:
-    return _answer(request, False, **{"Trackhouse-Error": _header_text(reason)})
+    return _answer(request, False, {"Trackhouse-Error": _header_text(reason)})
 
 
 def decode_data(data: str) -> dict[str, Any]:
     """`data` is base64 of JSON (GET) or JSON itself (form POST)."""
     text = data.strip()
-    if not text.startswith("{"):
+    if text.startswith("{"):
+        raw = text.encode()
+    else:
         # A `+` that was not URL-encoded arrives as a space; a space is never base64.
         text = text.replace(" ", "+")
         try:
             padded = text + "=" * (-len(text) % 4)
-            text = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+            raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):
             raise Refused("data is neither JSON nor base64-encoded JSON") from None
     try:
-        payload = decode_any_json(text.encode() if isinstance(text, str) else text)
+        payload = decode_any_json(raw)
     except ValueError:
         raise Refused("data does not decode to valid JSON") from None
     if not isinstance(payload, dict):
@@ -176,7 +178,7 @@ async def _handle(request: Request, kind: str) -> Response:
                     form = parse_qs(text, max_num_fields=256)
                 except ValueError:
                     raise Refused("the form has too many fields") from None
-                data = (form.get("data") or [None])[0]
+                data = (form.get("data") or [""])[0]
         if not data:
             raise Refused("the data parameter is required")
         payload = decode_data(data)
@@ -199,10 +201,10 @@ async def _handle(request: Request, kind: str) -> Response:
         status = 200 if exc.status == 400 else exc.status
         reason = f"{exc.detail} ({exc.pointer})" if exc.pointer else exc.detail
         return _answer(
-            request, False, status, **exc.headers, **{"Trackhouse-Error": _header_text(reason)}
+            request, False, exc.headers | {"Trackhouse-Error": _header_text(reason)}, status
         )
     # Its outcome (a 201st metric is rejected, say) is at GET /api/event-receipts/{id}.
-    return _answer(request, True, **headers, **{RECEIPT_HEADER: submission.receipt_id or ""})
+    return _answer(request, True, headers | {RECEIPT_HEADER: submission.receipt_id or ""})
 
 
 async def track(request: Request) -> Response:

@@ -94,11 +94,12 @@ async def get_profiles(request: Request) -> Response:
         if condition.field in ("created", "updated") and condition.op in TIME_OPERATORS:
             _time_bound(order, condition)
             continue
-        values = condition.value if condition.op == "any" else (condition.value,)
-        if condition.op not in ("equals", "any") or not all(isinstance(v, str) for v in values):
+        given = condition.value if isinstance(condition.value, tuple) else (condition.value,)
+        values = [v for v in given if isinstance(v, str)]
+        if condition.op not in ("equals", "any") or len(values) != len(given):
             raise query.bad_filter(f"'{condition.op}' on '{condition.field}' is not supported")
         if condition.field == "id":
-            ids = list(values)
+            ids = values
         elif condition.field in IDENTIFIER_FILTERS and identifiers is None:
             # Compared as identity resolution compares them: "+1 415 555 0100" finds the
             # profile whose phone number was written so, stored as +14155550100.

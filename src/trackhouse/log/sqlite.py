@@ -211,7 +211,7 @@ class SQLiteLog:
         return None if row is None else row[0]
 
     def read(self, after_seq: int, limit: int, max_bytes: int | None = None) -> list[LogEntry]:
-        rows = []
+        rows: list[tuple[int, bytes]] = []
         size = 0
         with self._read_lock:
             cursor = self._reader.execute(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -219,7 +219,7 @@ def aggregate(
     account_id: str,
     *,
     metric_id: str,
-    measurements: list[str],
+    measurements: Sequence[str],
     conditions: list[Condition],
     interval: str,
     timezone: str,

@@ -77,7 +77,7 @@ def event_resource(row: EventRow, base: str, *, legacy: bool) -> dict[str, Any]:
             **attributes,
             "timestamp": str(row.time),
         }
-        relationships = {
+        relationships: dict[str, Any] = {
             "metrics": {"data": [{"type": "metric", "id": row.metric_id}]},
             "profiles": {"data": [{"type": "profile", "id": row.profile_id}]},
         }
