@@ -113,3 +113,16 @@ def test_valid_requests_before_a_framing_error_are_answered_first(server):
         assert headers["trackhouse-receipt"]
     assert first[1]["trackhouse-receipt"] != second[1]["trackhouse-receipt"]
     assert_refused(*refused)
+
+
+def test_a_framing_error_on_a_client_path_is_readable_by_any_page(server):
+    """The connection-level answers on `/client/` carry the CORS headers as the endpoints' do;
+    on `/api/` they do not."""
+    client = exchange(server, FRAMING_ERRORS["duplicate Content-Length"])
+    assert b"\r\naccess-control-allow-origin: *\r\n" in client.lower()
+    private = exchange(
+        server,
+        b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    assert private.startswith(b"HTTP/1.1 400 ")
+    assert b"access-control" not in private.lower()

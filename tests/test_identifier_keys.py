@@ -85,3 +85,34 @@ def test_a_phone_filter_finds_the_profile_however_the_number_is_spelled(server, 
     server.settle()
     found = _profiles(api, "phone_number", spelling.format(n=n))
     assert [p["attributes"]["phone_number"] for p in found] == [f"+1415555{n}"]
+
+
+def test_a_store_keyed_the_old_way_is_rekeyed_on_start(start_server, tmp_path):
+    """Stores written before identifier keys existed keyed an email by lower() alone: the NFD
+    spelling had a key of its own. After a restart the NFC spelling finds that profile."""
+    import sqlite3
+
+    from conftest import NEWEST, PRIVATE_KEY
+
+    from trackhouse.server import STORE_FILE
+
+    nfd = unicodedata.normalize("NFD", "Zoë.Old@Example.com")
+    nfc = unicodedata.normalize("NFC", "zoë.old@example.com")
+    server = start_server(data_dir=tmp_path / "data")
+    headers = {"Authorization": f"Klaviyo-API-Key {PRIVATE_KEY}", "revision": NEWEST}
+    with server.client(**headers) as api:
+        assert api.post("/api/events", json=event_body(email=nfd)).status_code == 202
+        server.settle()
+    server.stop()
+    store = sqlite3.connect(server.data_dir / STORE_FILE)
+    with store:  # as 130c44b wrote them
+        store.execute("UPDATE identifiers SET value = ? WHERE kind = 'email'", (nfd.lower(),))
+        store.execute("DELETE FROM meta WHERE key = 'identifier_keys'")
+    store.close()
+    server.start()
+    with server.client(**headers) as api:
+        assert api.post("/api/events", json=event_body(email=nfc, unique_id="2")).status_code == 202
+        server.settle()
+        profiles = api.get("/api/profiles").json()["data"]
+    assert len(profiles) == 1
+    assert profiles[0]["attributes"]["email"] == nfd

@@ -88,6 +88,58 @@ def test_a_store_ahead_of_its_log_stops_the_server(start_server, tmp_path):
     assert str(server.data_dir / LOG_FILE) in said
 
 
+def test_a_store_from_before_log_identities_is_checked_against_the_log(start_server, tmp_path):
+    """A store written before logs had identities is bound on its first start, but only if
+    the newest entry it processed is in the log: here the log was replaced by another that
+    has grown past the store's position, which the position alone cannot tell."""
+    server = start_server(data_dir=tmp_path / "data")
+    _send(server, 3, "mine")
+    server.settle()
+    server.stop()
+    other = start_server(data_dir=tmp_path / "other")
+    _send(other, 6, "theirs")
+    other.stop()
+    store = sqlite3.connect(server.data_dir / STORE_FILE)
+    with store:  # as 130c44b left it
+        store.execute("DELETE FROM meta WHERE key = 'log_identity'")
+    store.close()
+    _remove_log(server.data_dir)
+    for path in other.data_dir.glob(LOG_FILE + "*"):
+        shutil.copy(path, server.data_dir / path.name)
+
+    said = _serve_fails(server.data_dir)
+    assert "has processed log entry 3" in said and "the log was replaced" in said
+
+
+def test_a_store_from_before_log_identities_binds_to_its_own_log(start_server, tmp_path):
+    server = start_server(data_dir=tmp_path / "data")
+    _send(server, 3, "mine")
+    server.settle()
+    server.stop()
+    store = sqlite3.connect(server.data_dir / STORE_FILE)
+    with store:
+        store.execute("DELETE FROM meta WHERE key = 'log_identity'")
+    store.close()
+    server.start()
+    receipts = _send(server, 1, "again")
+    server.settle()
+    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+        assert c.get(f"/api/event-receipts/{receipts[0]}").status_code == 200
+
+
+def test_process_needs_an_existing_data_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trackhouse", "process", "--data-dir", str(tmp_path / "typo")],
+        env=make_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "no data directory" in proc.stderr
+    assert not (tmp_path / "typo").exists()
+
+
 def test_the_same_log_and_store_start_again(start_server, tmp_path):
     server = start_server(data_dir=tmp_path / "data")
     _send(server, 2, "a")
@@ -212,23 +264,67 @@ def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
     assert len(events) == 20
 
 
-def test_reset_with_storage_stuck_answers_503_and_deletes_nothing(start_server):
+def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing(start_server):
     server = start_server()
     receipts = _send(server, 3, "kept")
     server.settle()
     blocker = sqlite3.connect(server.data_dir / STORE_FILE, timeout=30)
     blocker.execute("BEGIN IMMEDIATE")
     try:
+        started = time.monotonic()
+        # Nothing waiting: the reset's own delete is what cannot get the store.
+        idle = httpx.post(f"{server.url}/admin/reset?timeout=1", headers=ADMIN, timeout=60)
+        idle_seconds = time.monotonic() - started
         _send(server, 1, "pending")
-        r = httpx.post(f"{server.url}/admin/reset?timeout=1", headers=ADMIN, timeout=60)
+        started = time.monotonic()
+        behind = httpx.post(f"{server.url}/admin/reset?timeout=1", headers=ADMIN, timeout=60)
+        behind_seconds = time.monotonic() - started
     finally:
         blocker.rollback()
         blocker.close()
-    assert r.status_code == 503, r.text
-    assert r.json()["errors"][0]["code"] == "service_unavailable"
+    for r, seconds in ((idle, idle_seconds), (behind, behind_seconds)):
+        assert r.status_code == 503, r.text
+        assert r.json()["errors"][0]["code"] == "service_unavailable"
+        assert seconds < 5  # the timeout asked for, not SQLite's own 30 s
     server.settle()
     with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
-        assert c.get(f"/api/event-receipts/{receipts[0]}").status_code == 200
+        for receipt in receipts:
+            assert c.get(f"/api/event-receipts/{receipt}").status_code == 200
+        assert len(c.get("/api/events").json()["data"]) == 4
+
+
+def test_concurrent_resets_take_turns_and_processing_goes_on(start_server):
+    """Two resets waiting at once, at different log heads: each deletes what was there at
+    its call, neither waits for ever, and processing goes on after them."""
+    server = start_server()
+    blocker = sqlite3.connect(server.data_dir / STORE_FILE, timeout=30)
+    blocker.execute("BEGIN IMMEDIATE")
+    results: list[httpx.Response] = []
+
+    def reset() -> None:
+        results.append(
+            httpx.post(f"{server.url}/admin/reset?timeout=60", headers=ADMIN, timeout=90)
+        )
+
+    threads = []
+    for n in range(3):
+        _send(server, 5, f"wave{n}.")
+        thread = threading.Thread(target=reset)
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.5)
+    survivors = _send(server, 5, "survivor.")
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+    assert sum(r.json()["data"]["attributes"]["events"] for r in results) == 15
+    server.settle(timeout=20)
+    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+        for receipt in survivors:
+            assert c.get(f"/api/event-receipts/{receipt}").status_code == 200
+        assert len(c.get("/api/events").json()["data"]) == 5
 
 
 @pytest.mark.parametrize("timeout", ["nan", "١٠", "1e3", "-1", "301", "9" * 400])

@@ -92,6 +92,20 @@ def test_profile_filter_dates_at_the_ends_of_the_calendar_are_answered(server, a
     assert r.json()["data"]  # every profile is inside such a range
 
 
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "greater-than(created,9999-12-31T23:59:59-14:00)",
+        "less-than(updated,0001-01-01T00:00:00+14:00)",
+        "greater-or-equal(updated,9999-12-31T00:00:00+00:00)",
+    ],
+)
+def test_profile_filter_dates_past_the_ends_of_the_calendar_select_nothing(api, condition):
+    r = api.get("/api/profiles", params={"filter": condition})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == []
+
+
 @pytest.mark.parametrize("size", ["٥", "５", "1e1", "+5", " ", "99999999999999999999999"])
 @pytest.mark.parametrize("path", ["/api/events", "/api/profiles"])
 def test_page_size_is_ascii_digits_only(api, path, size):

@@ -94,7 +94,7 @@ def _refusals() -> Iterator[None]:
 
     try:
         yield
-    except (LogMismatch, ProcessorRunning) as exc:
+    except (LogMismatch, ProcessorRunning, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

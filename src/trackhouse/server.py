@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -103,32 +104,41 @@ def backlog_bound(
     return Backlog(log, PolledPosition(store.position), settings.max_backlog)
 
 
-def open_pipeline(data_dir: Path) -> tuple[SQLiteLog, SQLiteStore]:
-    """The log and the store of a data directory, checked to belong together (LogMismatch
-    otherwise: a store built from another log, or ahead of this one, would have events
-    acknowledged that are never processed)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = SQLiteLog(data_dir / LOG_FILE)
+def open_pipeline(data_dir: Path, resources: contextlib.ExitStack) -> tuple[SQLiteLog, SQLiteStore]:
+    """The log and the store of an existing data directory, checked to belong together
+    (LogMismatch otherwise: a store built from another log, or ahead of this one, would have
+    events acknowledged that are never processed); `resources` closes them."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"no data directory at {data_dir}")
     store = SQLiteStore(data_dir / STORE_FILE)
-    try:
-        store.bind_log(log.identity, log.head(), str(log.path))
-    except BaseException:
-        log.close()
-        store.close()
-        raise
+    resources.callback(store.close)
+    log = SQLiteLog(data_dir / LOG_FILE)
+    resources.callback(log.close)
+    store.bind_log(log, str(log.path))
     return log, store
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
     """The API and (unless settings.process is off) the processor, in one process."""
-    log, store = open_pipeline(settings.data_dir)
-    try:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as resources:
+        log, store = open_pipeline(settings.data_dir, resources)
+        accounts = open_accounts(settings.data_dir)
+        resources.callback(accounts.close)
         processor = Processor(log, store) if settings.process else None
-    except BaseException:
-        log.close()
-        store.close()
-        raise
-    accounts = open_accounts(settings.data_dir)
+        if processor is not None:
+            resources.callback(processor.close)
+        _serve(settings, announce, log, store, accounts, processor)
+
+
+def _serve(
+    settings: Settings,
+    announce: Callable[[FirstStart, Settings], None],
+    log: SQLiteLog,
+    store: SQLiteStore,
+    accounts: AccountStore,
+    processor: Processor | None,
+) -> None:
     stop = threading.Event()
     thread = None
     main_thread = False
@@ -173,30 +183,17 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
             signal.signal(signal.SIGINT, signal.default_int_handler)
         # In-flight requests are done; finish the batch in hand, then commit what is queued.
         stop.set()
-        if processor is not None:
-            if thread is not None:
-                processor.wake.set()
-                processor.hurry.set()
-                thread.join()
-            processor.close()
-        log.close()
-        store.close()
-        accounts.close()
+        if thread is not None and processor is not None:
+            processor.wake.set()
+            processor.hurry.set()
+            thread.join()
 
 
 def process_only(data_dir: Path, stop: threading.Event) -> None:
     """Run the processor alone over an existing data directory (no API)."""
-    log, store = open_pipeline(data_dir)
-    try:
+    with contextlib.ExitStack() as resources:
+        log, store = open_pipeline(data_dir, resources)
         processor = Processor(log, store)
-    except BaseException:
-        log.close()
-        store.close()
-        raise
-    collect_less()
-    try:
+        resources.callback(processor.close)
+        collect_less()
         processor.run(stop)
-    finally:
-        processor.close()
-        log.close()
-        store.close()

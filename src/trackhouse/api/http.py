@@ -32,6 +32,7 @@ import weakref
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from trackhouse.api.cors import ANSWER_HEADERS, CLIENT_PREFIX
 from trackhouse.api.errors import APIError
 
 HEAD_SECONDS = float(os.environ.get("TRACKHOUSE_HEADER_TIMEOUT", "10"))
@@ -47,13 +48,15 @@ _open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[BoundedHttpTools
 )
 
 
-def error_response(error: APIError) -> bytes:
-    """A whole HTTP/1.1 response carrying `error`'s JSON:API body, closing the connection."""
+def error_response(error: APIError, cors: bool = False) -> bytes:
+    """A whole HTTP/1.1 response carrying `error`'s JSON:API body, closing the connection;
+    `cors`: readable by a page on any origin (an answer to a `/client/` request)."""
     body = error.body()
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS[error.status]),
             b"content-type: application/vnd.api+json\r\n",
+            *(b"%s: %s\r\n" % header for header in ANSWER_HEADERS if cors),
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n\r\n",
             body,
@@ -211,7 +214,9 @@ class BoundedHttpTools(HttpToolsProtocol):
             # written, and its handler stops waiting for the body.
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.write(error_response(APIError(status, code, detail)))
+        # The target is known once its request line was read (uvicorn's on_url).
+        cors = getattr(self, "url", b"").startswith(CLIENT_PREFIX.encode())
+        self.transport.write(error_response(APIError(status, code, detail), cors))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -88,8 +88,11 @@ class ProfileBook:
 
     def release(self, profile: Profile, kind: str, value: str) -> None:
         key = (profile.account_id, kind, value)
+        # Only the profile's own claim: never another profile's row under the same key.
         self.conn.execute(
-            "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?", key
+            "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?"
+            " AND profile_id = ?",
+            (*key, profile.id),
         )
         self._owners.pop(key, None)
 

@@ -45,6 +45,7 @@ EVENTS_PER_ENTRY = 1000
 # batches: 5,400 → 6,100). It adds at most this much to the accept→stored lag; /admin/wait and
 # shutdown cut it short (`hurry`).
 LINGER_SECONDS = 0.1
+STORE_BUSY_SECONDS = 30.0  # as store.sqlite.connect sets it
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
@@ -67,7 +68,11 @@ class Processor:
         # One processor per store (ProcessorRunning otherwise): two would race on the same
         # entries and one would loop on their outcomes' unique key forever.
         self.claim = store.claim_processing()
-        self.conn = store.writer()
+        try:
+            self.conn = store.writer()
+        except BaseException:
+            self.claim.release()
+            raise
         self.book = ProfileBook(self.conn)
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
@@ -78,6 +83,9 @@ class Processor:
         # Log positions that processing must not pass while a reset waits for the lock.
         self._ceilings: list[int] = []
         self._ceilings_lock = threading.Lock()
+        # Resets take turns in the order of their ceilings (the lowest first): processing can
+        # only reach the lowest, so a reset at a higher one must wait for it.
+        self._ceilings_changed = threading.Condition(self._ceilings_lock)
         self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
 
     # -- the loop ------------------------------------------------------------------------
@@ -317,22 +325,48 @@ class Processor:
             head = self.log.head()
             self._ceilings.append(head)
         try:
-            with self.lock:
+            with self._ceilings_changed:
+                while head != min(self._ceilings):
+                    if not self._ceilings_changed.wait(max(0.0, deadline - time.monotonic())):
+                        raise TimeoutError("another reset is still running")
+            if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("processing is busy with a batch it cannot commit")
+            try:
                 return head, self._reset(account_id, head, deadline)
+            finally:
+                self.lock.release()
         finally:
-            with self._ceilings_lock:
+            with self._ceilings_changed:
                 self._ceilings.remove(head)
+                self._ceilings_changed.notify_all()
             self.wake.set()
 
     def _reset(self, account_id: str, head: int, deadline: float) -> dict[str, int]:
-        deleted = {}
-        while self.position < head:
-            try:
-                self._run_once(BATCH_ENTRIES)
-            except sqlite3.OperationalError as exc:
+        try:
+            # SQLite's own wait for a lock must end by the deadline too.
+            self._busy_timeout(deadline - time.monotonic())
+            while self.position < head:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"processing is stalled: {exc}") from None
-                time.sleep(0.05)
+                    raise TimeoutError(f"processing reached {self.position} of {head}")
+                try:
+                    self._run_once(BATCH_ENTRIES)
+                except sqlite3.OperationalError as exc:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"processing is stalled: {exc}") from None
+                    time.sleep(0.05)
+                    self._busy_timeout(deadline - time.monotonic())
+            try:
+                return self._delete_account(account_id, head)
+            except sqlite3.OperationalError as exc:
+                raise TimeoutError(f"the store is unavailable: {exc}") from None
+        finally:
+            self._busy_timeout(STORE_BUSY_SECONDS)
+
+    def _busy_timeout(self, seconds: float) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    def _delete_account(self, account_id: str, head: int) -> dict[str, int]:
+        deleted = {}
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

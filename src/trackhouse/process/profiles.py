@@ -20,7 +20,8 @@ MAX_EMAILS = 5  # Multi-Email Profiles keep up to five addresses (reference § 2
 MAX_STORED_PROFILE_BYTES = 512 * 1024
 PROFILE_TOO_LARGE = (
     f"profile change not applied: the stored profile would be larger than "
-    f"{MAX_STORED_PROFILE_BYTES // 1024} KB"
+    f"{MAX_STORED_PROFILE_BYTES // 1024} KB, so its attributes, location and properties were "
+    f"left as they were (identifiers, which are bounded, were resolved as usual)"
 )
 
 
@@ -71,6 +72,15 @@ def apply_bounded(profile: Profile, change: ProfileChange, size: int) -> int | N
     """Apply `change` unless the profile (now at most `size` bytes encoded) would pass
     MAX_STORED_PROFILE_BYTES. Returns the new size bound, or None when the change was refused
     and the profile left as it was."""
+    if not (
+        change.attributes
+        or change.location
+        or change.properties
+        or change.append
+        or change.unappend
+        or change.unset
+    ):
+        return size  # nothing to apply (most events): even a profile over the bound is fine
     grows = change_size(change)
     if size + grows <= MAX_STORED_PROFILE_BYTES:  # the usual case: no need to measure
         apply_attributes(profile, change)

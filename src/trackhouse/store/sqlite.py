@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 
-from trackhouse.log import LogMismatch
+from trackhouse.identifiers import email_key
+from trackhouse.log import EventLog, LogMismatch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
@@ -91,6 +92,9 @@ CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
 
+# How identifier rows are keyed: "2" is trackhouse.identifiers (normalized, lower-cased
+# emails); stores without the mark were keyed by lower() alone and are re-keyed on opening.
+IDENTIFIER_KEYS = "2"
 MAX_ROWID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer
 # Event ids on the wire are the rowid in base 62: short like Klaviyo's, stable across restarts.
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -244,6 +248,44 @@ class SQLiteStore:
         self._conn = connect(path)
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._rekey_emails()
+
+    def _rekey_emails(self) -> None:
+        """Stores written before `trackhouse.identifiers` keyed emails by `lower()` alone, so
+        NFD and NFC, or `xn--` and Unicode spellings, of one address had keys of their own.
+        Re-key those rows once (only non-ASCII or IDNA ones can differ). Where both spellings
+        were claimed, by two profiles, the profile that holds the new key keeps it and the
+        other row goes: there is no implicit merge, and lookups find one profile again."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = conn.execute("SELECT 1 FROM meta WHERE key = 'identifier_keys'").fetchone()
+            if done is None:
+                rows = conn.execute(
+                    "SELECT account_id, value FROM identifiers WHERE kind = 'email'"
+                    " AND (value GLOB '*[^ -~]*' OR value LIKE '%xn--%')"
+                ).fetchall()
+                for account_id, value in rows:
+                    key = email_key(value)
+                    if key == value:
+                        continue
+                    taken = conn.execute(
+                        "SELECT 1 FROM identifiers WHERE account_id = ? AND kind = 'email'"
+                        " AND value = ?",
+                        (account_id, key),
+                    ).fetchone()
+                    where = " WHERE account_id = ? AND kind = 'email' AND value = ?"
+                    if taken:
+                        conn.execute("DELETE FROM identifiers" + where, (account_id, value))
+                    else:
+                        conn.execute(
+                            "UPDATE identifiers SET value = ?" + where, (key, account_id, value)
+                        )
+                conn.execute("INSERT INTO meta VALUES ('identifier_keys', ?)", (IDENTIFIER_KEYS,))
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def writer(self) -> sqlite3.Connection:
         return connect(self.path)
@@ -255,16 +297,25 @@ class SQLiteStore:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
-    def bind_log(self, identity: str, head: int, log_name: str) -> None:
+    def bind_log(self, log: EventLog, log_name: str) -> None:
         """Record the log this store is built from on first use; afterwards refuse any other
         log, and a log whose head is behind what this store has processed (an older copy).
         Raises LogMismatch with what was found and what to do."""
+        identity, head = log.identity, log.head()
+        position = self.position()
+        with self._lock:
+            (bound,) = self._conn.execute(
+                "SELECT coalesce(max(value), '') FROM meta WHERE key = 'log_identity'"
+            ).fetchone()
+        if not bound and position:
+            # A store from before logs had identities: bind it only if the newest entry it
+            # has an outcome for is in this log as it was processed.
+            self._check_processed_entry(log, log_name, position)
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_identity', ?)", (identity,))
             (bound,) = self._conn.execute(
                 "SELECT value FROM meta WHERE key = 'log_identity'"
             ).fetchone()
-        position = self.position()
         if bound != identity:
             raise LogMismatch(
                 f"The store {self.path} was built from another log (log {bound}) than "
@@ -279,6 +330,29 @@ class SQLiteStore:
                 f"{log_name} ends at entry {head}: it is an older copy of that log, or was "
                 f"cut short. Events accepted now would never be processed. Put the complete "
                 f"log back, or start with a new data directory."
+            )
+
+    def _check_processed_entry(self, log: EventLog, log_name: str, position: int) -> None:
+        rows = self._all(
+            "SELECT seq, account_id, job_id, receipt_id FROM outcomes WHERE seq <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (position,),
+        )
+        if not rows:
+            return  # nothing left to compare (reset since): trust the position check
+        seq, account_id, job_id, receipt_id = rows[0]
+        entries = log.read(seq - 1, 1)
+        found = entries[0] if entries and entries[0].seq == seq else None
+        if found is None or (
+            found.submission.account_id,
+            found.submission.job_id,
+            found.submission.receipt_id,
+        ) != (account_id, job_id, receipt_id):
+            raise LogMismatch(
+                f"The store {self.path} has processed log entry {seq}, but {log_name} holds "
+                f"another entry there (or none): the log was replaced. Processing it would "
+                f"skip or mix up events. Put the log that belongs to the store back, or start "
+                f"with a new data directory."
             )
 
     def claim_processing(self) -> ProcessingClaim:
