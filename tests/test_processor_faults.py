@@ -59,20 +59,20 @@ def test_full_disk_is_retried_not_rejected(parts):
     log, store, processor = parts
     append(log, [submission(1), submission(2)])
     # The store may not grow: every write fails as on a full disk.
-    (pages,) = processor.conn.execute("PRAGMA page_count").fetchone()
-    processor.conn.execute(f"PRAGMA max_page_count = {pages}")
+    (pages,) = processor.store.conn.execute("PRAGMA page_count").fetchone()
+    processor.store.conn.execute(f"PRAGMA max_page_count = {pages}")
     with pytest.raises(Exception, match="full"):
         processor.run_once()
     assert processor.position == 0 and outcomes(store, 1) == []
-    processor.conn.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    processor.store.conn.execute("PRAGMA max_page_count = 1073741823")  # space is back
     assert processor.run_once() == 2
     assert outcomes(store, 1) == ["stored"] and outcomes(store, 2) == ["stored"]
 
 
 def test_the_loop_survives_storage_errors_and_resumes(parts):
     log, store, processor = parts
-    (pages,) = processor.conn.execute("PRAGMA page_count").fetchone()
-    processor.conn.execute(f"PRAGMA max_page_count = {pages}")
+    (pages,) = processor.store.conn.execute("PRAGMA page_count").fetchone()
+    processor.store.conn.execute(f"PRAGMA max_page_count = {pages}")
     stop = threading.Event()
     thread = threading.Thread(target=processor.run, args=(stop,))
     thread.start()
@@ -83,7 +83,7 @@ def test_the_loop_survives_storage_errors_and_resumes(parts):
             time.sleep(0.01)
         assert processor.last_error is not None and "full" in processor.last_error
         assert thread.is_alive()
-        processor.conn.execute("PRAGMA max_page_count = 1073741823")
+        processor.store.conn.execute("PRAGMA max_page_count = 1073741823")
         deadline = time.monotonic() + 15
         while processor.position < 1 and time.monotonic() < deadline:
             time.sleep(0.01)

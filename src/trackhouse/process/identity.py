@@ -12,13 +12,13 @@ email, an E.164 phone number); the profile keeps the spelling it was first given
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 from trackhouse.identifiers import email_key, identifier_key
 from trackhouse.ids import new_ulid
 from trackhouse.model import ProfileChange
 from trackhouse.process.profiles import MAX_EMAILS, Profile, decode_profile, encode_profile
+from trackhouse.store.sqlite import SQLiteWriter
 
 Key = tuple[str, str, str]  # (account_id, kind, identifier key)
 
@@ -34,12 +34,12 @@ class ProfileBook:
     """The processor's access to profiles and identifiers inside its batch transaction.
 
     Profiles read or changed in a batch are kept in memory and written back once by
-    `flush()`; identifier claims go to SQL at once. Only the processor writes profiles, so the
+    `flush()`; identifier claims go to the store at once. Only the processor writes profiles, so the
     cache stays true to the database as long as it is dropped after a rollback (`forget()`).
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, store: SQLiteWriter) -> None:
+        self.store = store
         self._owners: dict[Key, str] = {}
         self._profiles: dict[str, Profile] = {}
         self._dirty: set[str] = set()
@@ -50,25 +50,19 @@ class ProfileBook:
         key = (account_id, kind, value)
         owner = self._owners.get(key)
         if owner is None:
-            row = self.conn.execute(
-                "SELECT profile_id FROM identifiers"
-                " WHERE account_id = ? AND kind = ? AND value = ?",
-                key,
-            ).fetchone()
-            if row is not None:
-                owner = self._owners[key] = row[0]
+            owner = self.store.identifier_owner(account_id, kind, value)
+            if owner is not None:
+                self._owners[key] = owner
         return owner
 
     def get(self, account_id: str, profile_id: str) -> Profile | None:
         profile = self._profiles.get(profile_id)
         if profile is None:
-            row = self.conn.execute(
-                "SELECT doc FROM profiles WHERE id = ? AND account_id = ?", (profile_id, account_id)
-            ).fetchone()
-            if row is None:
+            doc = self.store.profile_doc(account_id, profile_id)
+            if doc is None:
                 return None
-            profile = self._profiles[profile_id] = decode_profile(row[0])
-            self._sized(profile_id, len(row[0]))
+            profile = self._profiles[profile_id] = decode_profile(doc)
+            self._sized(profile_id, len(doc))
         return profile if profile.account_id == account_id else None
 
     def create(self, account_id: str, now: str) -> Profile:
@@ -82,19 +76,12 @@ class ProfileBook:
         self._dirty.add(profile.id)
 
     def claim(self, profile: Profile, kind: str, value: str) -> None:
-        key = (profile.account_id, kind, value)
-        self.conn.execute("INSERT INTO identifiers VALUES (?, ?, ?, ?)", (*key, profile.id))
-        self._owners[key] = profile.id
+        self.store.claim_identifier(profile.account_id, kind, value, profile.id)
+        self._owners[(profile.account_id, kind, value)] = profile.id
 
     def release(self, profile: Profile, kind: str, value: str) -> None:
-        key = (profile.account_id, kind, value)
-        # Only the profile's own claim: never another profile's row under the same key.
-        self.conn.execute(
-            "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?"
-            " AND profile_id = ?",
-            (*key, profile.id),
-        )
-        self._owners.pop(key, None)
+        self.store.release_identifier(profile.account_id, kind, value, profile.id)
+        self._owners.pop((profile.account_id, kind, value), None)
 
     def flush(self) -> None:
         rows = []
@@ -103,7 +90,7 @@ class ProfileBook:
             doc = encode_profile(p)
             self._sized(pid, len(doc))
             rows.append((p.id, p.account_id, doc, p.created, p.updated, p.last_event_time))
-        self.conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self.store.save_profiles(rows)
         self._dirty.clear()
         if self.cached_bytes() > MAX_CACHED_BYTES:
             self.forget()

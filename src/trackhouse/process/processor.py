@@ -5,11 +5,11 @@ applies each batch in one store transaction, and writes the log position it reac
 same transaction: a crash anywhere rolls back both, and the restart redoes exactly the
 uncommitted batch (design.md, invariants 2 and 3).
 
-Two kinds of failure are told apart. Storage trouble (`sqlite3.OperationalError`: disk full,
-locked, I/O) rolls back and retries the same entries later, with back-off: accepted events
-wait, they are never turned into rejections. Anything else raised while applying an entry is
-a problem with that entry: the batch is redone one entry at a time and only the failing entry
-ends `rejected`, with the error as its reason.
+Two kinds of failure are told apart. Storage trouble (`StoreUnavailable`, which the store
+raises for disk full, locked, I/O) rolls back and retries the same entries later, with
+back-off: accepted events wait, they are never turned into rejections. Anything else raised
+while applying an entry is a problem with that entry: the batch is redone one entry at a time
+and only the failing entry ends `rejected`, with the error as its reason.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-import sqlite3
 import string
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -29,6 +29,7 @@ from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, apply_bounded
+from trackhouse.store import StoreUnavailable
 from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
 
 logger = logging.getLogger("trackhouse.process")
@@ -45,7 +46,7 @@ EVENTS_PER_ENTRY = 1000
 # batches: 5,400 → 6,100). It adds at most this much to the accept→stored lag; /admin/wait and
 # shutdown cut it short (`hurry`).
 LINGER_SECONDS = 0.1
-STORE_BUSY_SECONDS = 30.0  # as store.sqlite.connect sets it
+STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite/store.py)
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
@@ -69,11 +70,11 @@ class Processor:
         # entries and one would loop on their outcomes' unique key forever.
         self.claim = store.claim_processing()
         try:
-            self.conn = store.writer()
+            self.store = store.writer()
         except BaseException:
             self.claim.release()
             raise
-        self.book = ProfileBook(self.conn)
+        self.book = ProfileBook(self.store)
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         self.position = store.position(POSITION)
@@ -133,36 +134,30 @@ class Processor:
             return 0
         try:
             self._commit(entries, self._apply_all)
-        except sqlite3.OperationalError:
+        except StoreUnavailable:
             raise  # storage trouble: the same entries are tried again later
         except Exception:
             logger.exception("batch failed; redoing it entry by entry")
             for entry in entries:
                 try:
                     self._commit([entry], self._apply_all)
-                except sqlite3.OperationalError:
+                except StoreUnavailable:
                     raise
                 except Exception as exc:
                     logger.exception("log entry %d failed; rejecting its events", entry.seq)
-                    self._commit([entry], lambda es, e=exc: self._reject_all(es, repr(e)))
+                    self._commit([entry], functools.partial(self._reject_all, reason=repr(exc)))
         return len(entries)
 
-    def _commit(self, entries: list[LogEntry], apply) -> None:
-        conn = self.conn
+    def _commit(
+        self, entries: list[LogEntry], apply: Callable[[list[LogEntry]], list[OutcomeRow]]
+    ) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = apply(entries)
-            self.book.flush()
-            conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?)", outcomes)
-            conn.execute(
-                "INSERT INTO positions VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-                (POSITION, entries[-1].seq),
-            )
-            conn.execute("COMMIT")
+            with self.store.transaction():
+                outcomes = apply(entries)
+                self.book.flush()
+                self.store.record_outcomes(outcomes)
+                self.store.advance(POSITION, entries[-1].seq)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             self.forget()
             raise
         self.position = entries[-1].seq
@@ -231,14 +226,8 @@ class Processor:
             keys.append((metric_id, key, event.unique_id is not None))
             results.append(("stored", rowid, notes))  # until the insert says otherwise
         # The dedup index refuses a repeated (account, profile, metric, key): the first
-        # processed wins. Usually every row goes in, and one executemany is enough to know.
-        before = self.conn.total_changes
-        self.conn.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (account_id, profile_id, metric_id, dedup_key) DO NOTHING",
-            rows,
-        )
-        if self.conn.total_changes - before != len(rows):
+        # processed wins. Usually every row goes in, and one insert is enough to know.
+        if self.store.insert_events(rows) != len(rows):
             self._mark_duplicates(s.account_id, profile.id, rows, keys, results, notes)
         newest = max(
             (e.time for e, r in zip(s.events, results, strict=True) if r[0] == "stored"),
@@ -259,22 +248,13 @@ class Processor:
     ) -> None:
         """Find which of `rows` the dedup index refused, and the event each one repeats."""
         first_rowid, last_rowid = rows[0][0], rows[-1][0]
-        inserted = {
-            r
-            for (r,) in self.conn.execute(
-                "SELECT rowid FROM events WHERE rowid BETWEEN ? AND ?", (first_rowid, last_rowid)
-            )
-        }
+        inserted = self.store.stored_event_ids(first_rowid, last_rowid)
         by_rowid = {row[0]: n for n, row in enumerate(rows)}
         for idx, (outcome, rowid, _) in enumerate(results):
             if outcome != "stored" or rowid in inserted:
                 continue
             metric_id, key, explicit = keys[by_rowid[rowid]]
-            (first,) = self.conn.execute(
-                "SELECT rowid FROM events WHERE account_id = ? AND profile_id = ?"
-                " AND metric_id = ? AND dedup_key = ?",
-                (account_id, profile_id, metric_id, key),
-            ).fetchone()
+            first = self.store.event_with_key(account_id, profile_id, metric_id, key)
             what = "unique_id" if explicit else "time (no unique_id)"
             detail = f"duplicate of event {event_id(first)}: same profile, metric and {what}"
             results[idx] = ("deduplicated", first, _join(f"{detail} {key[:64]!r}", notes))
@@ -285,31 +265,20 @@ class Processor:
         metric_id = self._metrics.get(key)
         if metric_id is not None:
             return metric_id
-        row = self.conn.execute(
-            "SELECT id FROM metrics WHERE account_id = ? AND name = ? AND service = ?", key
-        ).fetchone()
-        if row is None:
+        metric_id = self.store.metric_id(account_id, name, service)
+        if metric_id is None:
             count = self._metric_counts.get(account_id)
             if count is None:
-                (count,) = self.conn.execute(
-                    "SELECT count(*) FROM metrics WHERE account_id = ?", (account_id,)
-                ).fetchone()
+                count = self.store.metric_count(account_id)
             if cap is not None and count >= cap:
                 self._metric_counts[account_id] = count
                 return None
-            while True:
+            created = _iso(datetime.now(UTC).timestamp())
+            while True:  # a random id that is taken: draw another
                 metric_id = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))
-                try:
-                    self.conn.execute(
-                        "INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
-                        (metric_id, account_id, name, service, _iso(datetime.now(UTC).timestamp())),
-                    )
+                if self.store.add_metric(metric_id, account_id, name, service, created):
                     break
-                except sqlite3.IntegrityError:  # the random id is taken: draw another
-                    continue
             self._metric_counts[account_id] = count + 1
-        else:
-            metric_id = row[0]
         self._metrics[key] = metric_id
         return metric_id
 
@@ -343,51 +312,30 @@ class Processor:
 
     def _reset(self, account_id: str, head: int, deadline: float) -> dict[str, int]:
         try:
-            # SQLite's own wait for a lock must end by the deadline too.
-            self._busy_timeout(deadline - time.monotonic())
+            # The store's own wait for a lock must end by the deadline too.
+            self.store.busy_timeout(deadline - time.monotonic())
             while self.position < head:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"processing reached {self.position} of {head}")
                 try:
                     self._run_once(BATCH_ENTRIES)
-                except sqlite3.OperationalError as exc:
+                except StoreUnavailable as exc:
                     if time.monotonic() >= deadline:
                         raise TimeoutError(f"processing is stalled: {exc}") from None
                     time.sleep(0.05)
-                    self._busy_timeout(deadline - time.monotonic())
+                    self.store.busy_timeout(deadline - time.monotonic())
             try:
-                return self._delete_account(account_id, head)
-            except sqlite3.OperationalError as exc:
+                with self.store.transaction():
+                    return self.store.delete_account(account_id, head)
+            except StoreUnavailable as exc:
                 raise TimeoutError(f"the store is unavailable: {exc}") from None
+            finally:
+                self.forget()
         finally:
-            self._busy_timeout(STORE_BUSY_SECONDS)
-
-    def _busy_timeout(self, seconds: float) -> None:
-        self.conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
-
-    def _delete_account(self, account_id: str, head: int) -> dict[str, int]:
-        deleted = {}
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for table in ("events", "profiles", "identifiers", "metrics", "outcomes"):
-                sql = f"DELETE FROM {table} WHERE account_id = ?"
-                deleted[table] = conn.execute(sql, (account_id,)).rowcount
-            # Jobs and receipts up to here answer 404 from now on, not "queued" forever.
-            conn.execute(
-                "INSERT INTO resets VALUES (?, ?)"
-                " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
-                (account_id, head),
-            )
-            conn.execute("COMMIT")
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self.forget()
-        return deleted
+            self.store.busy_timeout(STORE_BUSY_SECONDS)
 
     def close(self) -> None:
-        self.conn.close()
+        self.store.close()
         self.claim.release()
 
 

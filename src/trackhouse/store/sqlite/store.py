@@ -1,9 +1,9 @@
 """The embedded store: profiles, identifiers, metrics, events and outcomes in one SQLite file.
 
-Only the processor writes these tables (`process/`), one transaction per batch of log
-entries, and the log position it reached is written in that same transaction (design.md,
-invariant 3). Reads (job status, receipts, the query API) use their own connection. The same
-file also holds accounts and keys (`store/accounts.py`).
+Only the processor writes these tables (`process/`, through `writer.py`), one transaction per
+batch of log entries, and the log position it reached is written in that same transaction
+(design.md, invariant 3). Reads (job status, receipts, the query API) use their own
+connection. The same file also holds accounts and keys (`store/accounts.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from trackhouse.identifiers import email_key
+
+if TYPE_CHECKING:
+    from trackhouse.store.sqlite.writer import SQLiteWriter
 from trackhouse.log import EventLog, LogMismatch
 
 SCHEMA = """
@@ -287,8 +290,11 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    def writer(self) -> sqlite3.Connection:
-        return connect(self.path)
+    def writer(self) -> SQLiteWriter:
+        """The processor's own connection, for its batch transactions."""
+        from trackhouse.store.sqlite.writer import SQLiteWriter
+
+        return SQLiteWriter(self.path)
 
     def close(self) -> None:
         self._conn.close()

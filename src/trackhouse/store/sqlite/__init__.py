@@ -1,0 +1,39 @@
+"""The embedded store on SQLite: one file of profiles, identifiers, metrics, events and outcomes
+(`store.py`: its schema and the reads the API asks for), written only by the processor through
+`SQLiteWriter` (`writer.py`: the named operations of a batch transaction)."""
+
+from trackhouse.store.sqlite.store import (
+    MAX_ROWID,
+    OUTCOMES,
+    SCHEMA,
+    EventQuery,
+    EventRow,
+    MetricRow,
+    Outcome,
+    ProcessingClaim,
+    ProcessorRunning,
+    ProfileQuery,
+    SQLiteStore,
+    event_id,
+    event_rowid,
+    pack_results,
+)
+from trackhouse.store.sqlite.writer import SQLiteWriter
+
+__all__ = [
+    "MAX_ROWID",
+    "OUTCOMES",
+    "SCHEMA",
+    "EventQuery",
+    "EventRow",
+    "MetricRow",
+    "Outcome",
+    "ProcessingClaim",
+    "ProcessorRunning",
+    "ProfileQuery",
+    "SQLiteStore",
+    "SQLiteWriter",
+    "event_id",
+    "event_rowid",
+    "pack_results",
+]

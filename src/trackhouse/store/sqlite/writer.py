@@ -1,0 +1,196 @@
+"""The processor's writes to the embedded store, as named operations of one batch transaction.
+
+One connection, one transaction at a time (`transaction()`); the processor asks for what it
+needs — who owns an identifier, a profile's document, insert these events, record these
+outcomes, advance the position — and never sees SQL. Storage trouble (SQLite's
+OperationalError: disk full, locked, I/O) leaves here as `StoreUnavailable`, which the
+processor retries; anything else is a problem with the entry being applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from trackhouse.store import StoreUnavailable
+from trackhouse.store.sqlite.store import connect
+
+ProfileRow = tuple[str, str, bytes, str, str, int | None]  # id, account, doc, created, updated, …
+OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes]
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
+
+
+class _StorageErrors:
+    """`with _storage_errors:` turns SQLite's OperationalError into StoreUnavailable. A class,
+    not a @contextmanager generator: it runs several times per event, and costs a fifth."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
+        if kind is not None and issubclass(kind, sqlite3.OperationalError):
+            raise StoreUnavailable(str(exc)) from exc
+        return False
+
+
+_storage_errors = _StorageErrors()
+
+
+class SQLiteWriter:
+    def __init__(self, path: Path) -> None:
+        self.conn = connect(path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: committed when the block ends, rolled back if it raises."""
+        conn = self.conn
+        try:
+            with _storage_errors:
+                conn.execute("BEGIN IMMEDIATE")
+                yield
+                conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another writer's lock before StoreUnavailable."""
+        self.conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    # -- identity and profiles -----------------------------------------------------------
+
+    def identifier_owner(self, account_id: str, kind: str, key: str) -> str | None:
+        with _storage_errors:
+            row = self.conn.execute(
+                "SELECT profile_id FROM identifiers"
+                " WHERE account_id = ? AND kind = ? AND value = ?",
+                (account_id, kind, key),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        with _storage_errors:
+            self.conn.execute(
+                "INSERT INTO identifiers VALUES (?, ?, ?, ?)", (account_id, kind, key, profile_id)
+            )
+
+    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        """Only the profile's own claim: never another profile's row under the same key."""
+        with _storage_errors:
+            self.conn.execute(
+                "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?"
+                " AND profile_id = ?",
+                (account_id, kind, key, profile_id),
+            )
+
+    def profile_doc(self, account_id: str, profile_id: str) -> bytes | None:
+        with _storage_errors:
+            row = self.conn.execute(
+                "SELECT doc FROM profiles WHERE id = ? AND account_id = ?", (profile_id, account_id)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def save_profiles(self, rows: list[ProfileRow]) -> None:
+        with _storage_errors:
+            self.conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def metric_id(self, account_id: str, name: str, service: str) -> str | None:
+        with _storage_errors:
+            row = self.conn.execute(
+                "SELECT id FROM metrics WHERE account_id = ? AND name = ? AND service = ?",
+                (account_id, name, service),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def metric_count(self, account_id: str) -> int:
+        with _storage_errors:
+            (count,) = self.conn.execute(
+                "SELECT count(*) FROM metrics WHERE account_id = ?", (account_id,)
+            ).fetchone()
+        return count
+
+    def add_metric(
+        self, metric_id: str, account_id: str, name: str, service: str, created: str
+    ) -> bool:
+        """False when the id is taken already (the caller draws another)."""
+        with _storage_errors:
+            try:
+                self.conn.execute(
+                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                    (metric_id, account_id, name, service, created),
+                )
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    # -- events, outcomes, position ------------------------------------------------------
+
+    def insert_events(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert the event rows the dedup key lets in (the first processed wins); how many."""
+        conn = self.conn
+        before = conn.total_changes
+        with _storage_errors:
+            conn.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (account_id, profile_id, metric_id, dedup_key) DO NOTHING",
+                rows,
+            )
+        return conn.total_changes - before
+
+    def stored_event_ids(self, first: int, last: int) -> set[int]:
+        """Which of the event ids first..last are stored."""
+        with _storage_errors:
+            rows = self.conn.execute(
+                "SELECT rowid FROM events WHERE rowid BETWEEN ? AND ?", (first, last)
+            ).fetchall()
+        return {r for (r,) in rows}
+
+    def event_with_key(self, account_id: str, profile_id: str, metric_id: str, key: str) -> int:
+        """The id of the stored event with this dedup key (the one a duplicate repeats)."""
+        with _storage_errors:
+            (found,) = self.conn.execute(
+                "SELECT rowid FROM events WHERE account_id = ? AND profile_id = ?"
+                " AND metric_id = ? AND dedup_key = ?",
+                (account_id, profile_id, metric_id, key),
+            ).fetchone()
+        return found
+
+    def record_outcomes(self, rows: list[OutcomeRow]) -> None:
+        with _storage_errors:
+            self.conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def advance(self, name: str, seq: int) -> None:
+        """The log position `name` has processed up to, in the batch's own transaction."""
+        with _storage_errors:
+            self.conn.execute(
+                "INSERT INTO positions VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                (name, seq),
+            )
+
+    def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
+        """Delete the account's processed data (test control); jobs and receipts up to log
+        position `reset_seq` answer 404 from then on, not "queued" for ever. Rows per table."""
+        deleted = {}
+        with _storage_errors:
+            for table in TABLES:
+                sql = f"DELETE FROM {table} WHERE account_id = ?"
+                deleted[table] = self.conn.execute(sql, (account_id,)).rowcount
+            self.conn.execute(
+                "INSERT INTO resets VALUES (?, ?)"
+                " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
+                (account_id, reset_seq),
+            )
+        return deleted
