@@ -81,6 +81,9 @@ class Submission(msgspec.Struct, omit_defaults=True, kw_only=True):
     # Revisions before 2023-07-15 and the legacy Track API cap an account at 200 metrics.
     metric_cap: int | None = None
     job_id: str | None = None
+    # Its index among its bulk job's profile groups: rejected events are pointed at by it, since
+    # with several writers a job's groups need not have consecutive log positions.
+    job_group: int | None = None
     receipt_id: str | None = None
 
 

@@ -82,9 +82,26 @@ def submissions(
             events=events,
             metric_cap=caller.rules.metric_cap,
             job_id=job_id,
+            job_group=None if job_id is None else n,
             receipt_id=receipt_id,
         )
-        for profile, events in parsed
+        for n, (profile, events) in enumerate(parsed)
+    ]
+
+
+def rejected_events(job: BulkJob, outcomes: list[Outcome]) -> list[dict[str, str | None]]:
+    """Each rejected event, pointed at where it stood in the request."""
+    return [
+        {
+            "pointer": "/data/attributes/events-bulk-create/data/"
+            # Outcomes stored before groups were recorded: then a job's groups were
+            # consecutive log entries from first_seq on.
+            f"{o.seq - job.first_seq if o.job_group is None else o.job_group}"
+            f"/attributes/events/data/{o.idx}",
+            "detail": o.detail,
+        }
+        for o in outcomes
+        if o.outcome == "rejected"
     ]
 
 
@@ -105,16 +122,7 @@ def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dic
                 "completed_count": done,
                 "failed_count": counts["rejected"],
                 "outcomes": {name: counts[name] for name in OUTCOMES},
-                "rejected_events": [
-                    {
-                        # The job's groups are consecutive log entries from first_seq on.
-                        "pointer": "/data/attributes/events-bulk-create/data/"
-                        f"{o.seq - job.first_seq}/attributes/events/data/{o.idx}",
-                        "detail": o.detail,
-                    }
-                    for o in outcomes
-                    if o.outcome == "rejected"
-                ],
+                "rejected_events": rejected_events(job, outcomes),
             },
             "links": {"self": url},
         },

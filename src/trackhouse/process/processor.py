@@ -31,6 +31,7 @@ from trackhouse.process.identity import ProfileBook, resolve_profile
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, apply_bounded
 from trackhouse.store import StoreUnavailable
 from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
+from trackhouse.store.sqlite.writer import OutcomeRow
 
 logger = logging.getLogger("trackhouse.process")
 
@@ -51,7 +52,6 @@ _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
 Result = tuple[str, int | None, str | None]  # outcome, event rowid, detail
-OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes]
 
 
 @functools.lru_cache(maxsize=64)  # a batch's submissions arrived within a few seconds
@@ -349,4 +349,5 @@ def _slots(s: Submission) -> int:
 
 
 def _row(seq: int, s: Submission, profile_id: str | None, results: list[Result]) -> OutcomeRow:
-    return (seq, s.account_id, s.job_id, s.receipt_id, profile_id, pack_results(results))
+    results_blob = pack_results(results)
+    return (seq, s.account_id, s.job_id, s.receipt_id, profile_id, results_blob, s.job_group)

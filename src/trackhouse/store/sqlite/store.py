@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     job_id TEXT,
     receipt_id TEXT,
     profile_id TEXT,               -- the profile the submission resolved to
-    results BLOB NOT NULL          -- msgpack [[outcome, event rowid, detail], ...] by event
+    results BLOB NOT NULL,         -- msgpack [[outcome, event rowid, detail], ...] by event
+    job_group INTEGER              -- a bulk job's profile group: its index in the request
 );
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
@@ -125,6 +126,9 @@ class Outcome:
     profile_id: str | None
     event_rowid: int | None  # the stored event, or the one a duplicate matched
     detail: str | None  # why rejected, the dedup key, identifier conflicts
+    # A bulk job's profile group (its index in the request); None for other submissions, and
+    # for outcomes stored before it was recorded (their groups had consecutive log positions).
+    job_group: int | None = None
 
 
 def pack_results(results: list[tuple[str, int | None, str | None]]) -> bytes:
@@ -133,8 +137,8 @@ def pack_results(results: list[tuple[str, int | None, str | None]]) -> bytes:
 
 def _unpack_rows(rows: list[tuple]) -> list[Outcome]:
     return [
-        Outcome(seq, idx, outcome, profile_id, rowid, detail)
-        for seq, profile_id, blob in rows
+        Outcome(seq, idx, outcome, profile_id, rowid, detail, group)
+        for seq, profile_id, blob, group in rows
         for idx, (outcome, rowid, detail) in enumerate(_unpack(blob))
     ]
 
@@ -251,7 +255,15 @@ class SQLiteStore:
         self._conn = connect(path)
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._add_job_group()
         self._rekey_emails()
+
+    def _add_job_group(self) -> None:
+        """Stores from before outcomes recorded their bulk group get the column (NULL in their
+        rows: those groups had consecutive log positions, which stood in for it)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(outcomes)")}
+        if "job_group" not in columns:
+            self._conn.execute("ALTER TABLE outcomes ADD COLUMN job_group INTEGER")
 
     def _rekey_emails(self) -> None:
         """Stores written before `trackhouse.identifiers` keyed emails by `lower()` alone, so
@@ -373,7 +385,7 @@ class SQLiteStore:
 
     def job_outcomes(self, account_id: str, job_id: str) -> list[Outcome]:
         rows = self._all(
-            "SELECT seq, profile_id, results FROM outcomes"
+            "SELECT seq, profile_id, results, job_group FROM outcomes"
             " WHERE job_id = ? AND account_id = ? ORDER BY seq",
             (job_id, account_id),
         )
@@ -381,7 +393,8 @@ class SQLiteStore:
 
     def receipt_outcomes(self, account_id: str, receipt_id: str) -> list[Outcome]:
         rows = self._all(
-            "SELECT seq, profile_id, results FROM outcomes WHERE receipt_id = ? AND account_id = ?",
+            "SELECT seq, profile_id, results, job_group FROM outcomes"
+            " WHERE receipt_id = ? AND account_id = ?",
             (receipt_id, account_id),
         )
         return _unpack_rows(rows)

@@ -19,7 +19,8 @@ from trackhouse.store import StoreUnavailable
 from trackhouse.store.sqlite.store import connect
 
 ProfileRow = tuple[str, str, bytes, str, str, int | None]  # id, account, doc, created, updated, …
-OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes]
+# seq, account, job, receipt, profile, packed results, bulk group
+OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes, int | None]
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
 
 
@@ -169,7 +170,11 @@ class SQLiteWriter:
 
     def record_outcomes(self, rows: list[OutcomeRow]) -> None:
         with _storage_errors:
-            self.conn.executemany("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(
+                "INSERT INTO outcomes (seq, account_id, job_id, receipt_id, profile_id, results,"
+                " job_group) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def advance(self, name: str, seq: int) -> None:
         """The log position `name` has processed up to, in the batch's own transaction."""
