@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.process.profiles import Profile, encode_profile
-from trackhouse.server import LOG_FILE, STORE_FILE
 from trackhouse.store.sqlite import SCHEMA
 
 ACCOUNT = "BENCH1"

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.model import Submission, decode_submission
-from trackhouse.server import LOG_FILE, STORE_FILE
 
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"

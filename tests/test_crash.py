@@ -13,8 +13,8 @@ import time
 
 from conftest import PRIVATE_KEY, bulk_body, bulk_event
 
+from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.log.sqlite import log_head
-from trackhouse.server import LOG_FILE, STORE_FILE
 from trackhouse.store.sqlite import SQLiteStore
 
 REQUESTS = int(os.environ.get("TRACKHOUSE_CRASH_REQUESTS", "100"))  # × 1,000 events

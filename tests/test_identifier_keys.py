@@ -94,7 +94,7 @@ def test_a_store_keyed_the_old_way_is_rekeyed_on_start(start_server, tmp_path):
 
     from conftest import NEWEST, PRIVATE_KEY
 
-    from trackhouse.server import STORE_FILE
+    from trackhouse.backends import STORE_FILE
 
     nfd = unicodedata.normalize("NFD", "Zoë.Old@Example.com")
     nfc = unicodedata.normalize("NFC", "zoë.old@example.com")

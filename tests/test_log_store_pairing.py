@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, PRIVATE_KEY, bulk_body, bulk_event, event_body, make_env
 
-from trackhouse.server import LOG_FILE, STORE_FILE
+from trackhouse.backends import LOG_FILE, STORE_FILE
 
 ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 

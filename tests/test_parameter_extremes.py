@@ -1374,8 +1374,11 @@ def test_legacy_track_and_identify(h: Harness) -> None:
         path, method, raw = case
         data = legacy_data(path, raw)
         shown = {k: _short(v, 80) for k, v in raw.items()}
-        if method == "GET":
-            params = {"data": base64.b64encode(data.encode()).decode()}
+        encoded = base64.b64encode(data.encode()).decode()
+        # A GET whose data cannot fit in a request head (64 KB; httpx refuses such URLs before
+        # sending them) goes as the form POST it would have to be.
+        if method == "GET" and len(encoded) < 48_000:
+            params = {"data": encoded}
             h.call("GET", path, what=",".join(raw), shown=shown, params=params, key=None)
         else:
             h.call(

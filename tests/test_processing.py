@@ -21,7 +21,7 @@ from conftest import (
     single_error,
 )
 
-from trackhouse.server import STORE_FILE
+from trackhouse.backends import STORE_FILE
 
 AUTH = {"Authorization": f"Klaviyo-API-Key {PRIVATE_KEY}", "revision": NEWEST}
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from conftest import NEWEST, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body, make_env
 
-from trackhouse.server import STORE_FILE
+from trackhouse.backends import STORE_FILE
 
 KILLS = int(os.environ.get("TRACKHOUSE_LOAD_KILLS", "20"))
 CLIENTS = 4

@@ -105,8 +105,8 @@ def wait(data_dir: Path, timeout: float) -> None:
     """Wait until every event accepted so far is processed (exit 1 on timeout)."""
     import time
 
+    from trackhouse.backends import LOG_FILE, STORE_FILE
     from trackhouse.log.sqlite import log_head
-    from trackhouse.server import LOG_FILE, STORE_FILE
     from trackhouse.store.sqlite import SQLiteStore
 
     head = log_head(data_dir / LOG_FILE)
@@ -152,7 +152,7 @@ def accounts() -> None:
 @click.option("--public-key", help="The 6-character company id (default: a random one).")
 def accounts_create(data_dir: Path, public_key: str | None) -> None:
     """Create an account with an all-scopes private key; print both (the key only now)."""
-    from trackhouse.server import open_accounts
+    from trackhouse.backends import open_accounts
 
     store = open_accounts(data_dir)
     if public_key is not None and not (len(public_key) == 6 and public_key.isalnum()):
@@ -169,7 +169,7 @@ def accounts_create(data_dir: Path, public_key: str | None) -> None:
 @DATA_DIR
 def accounts_list(data_dir: Path) -> None:
     """List accounts by public key."""
-    from trackhouse.server import open_accounts
+    from trackhouse.backends import open_accounts
 
     for account_id in open_accounts(data_dir).account_ids():
         click.echo(account_id)
@@ -193,7 +193,7 @@ def keys() -> None:
 @click.option("--label", default="", help="A note to recognise the key by.")
 def keys_create(data_dir: Path, account: str | None, scopes: tuple[str, ...], label: str) -> None:
     """Create a private key and print it (it is shown only this once)."""
-    from trackhouse.server import open_accounts
+    from trackhouse.backends import open_accounts
 
     store = open_accounts(data_dir)
     account_id = account or next(iter(store.account_ids()), None) or store.create_account()
@@ -210,7 +210,7 @@ def keys_create(data_dir: Path, account: str | None, scopes: tuple[str, ...], la
 @DATA_DIR
 def keys_list(data_dir: Path) -> None:
     """List keys (id, account, prefix, scopes, state); never the keys themselves."""
-    from trackhouse.server import open_accounts
+    from trackhouse.backends import open_accounts
 
     for key in open_accounts(data_dir).list_keys():
         state = f"revoked {key.revoked_at}" if key.revoked_at else "active"
@@ -225,7 +225,7 @@ def keys_list(data_dir: Path) -> None:
 @click.argument("key_id")
 def keys_revoke(data_dir: Path, key_id: str) -> None:
     """Revoke a key by its id (see `keys list`)."""
-    from trackhouse.server import open_accounts
+    from trackhouse.backends import open_accounts
 
     if not open_accounts(data_dir).revoke_key(key_id):
         raise click.ClickException(f"no active key with id {key_id!r}")

@@ -1,4 +1,5 @@
-"""Wiring the embedded default together: SQLite log and store under one data directory."""
+"""`trackhouse serve` and `trackhouse process`: the API, the processor, or both, over the log and
+the store that `backends.py` opens."""
 
 from __future__ import annotations
 
@@ -18,13 +19,11 @@ from trackhouse.api.app import build_app
 from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, PolledPosition
 from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
+from trackhouse.backends import open_accounts, open_pipeline
 from trackhouse.log.sqlite import SQLiteLog
 from trackhouse.process.processor import Processor
 from trackhouse.store.accounts import ADMIN_SCOPE, AccountStore
 from trackhouse.store.sqlite import SQLiteStore
-
-LOG_FILE = "log.sqlite3"
-STORE_FILE = "store.sqlite3"
 
 
 @dataclass
@@ -52,11 +51,6 @@ def collect_less() -> None:
     46 µs an event). Collect less often, and keep what start-up made out of the way."""
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
-
-
-def open_accounts(data_dir: Path) -> AccountStore:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return AccountStore(data_dir / STORE_FILE)
 
 
 @dataclass
@@ -102,20 +96,6 @@ def backlog_bound(
     if processor is not None:
         return Backlog(log, lambda: processor.position, settings.max_backlog)
     return Backlog(log, PolledPosition(store.position), settings.max_backlog)
-
-
-def open_pipeline(data_dir: Path, resources: contextlib.ExitStack) -> tuple[SQLiteLog, SQLiteStore]:
-    """The log and the store of an existing data directory, checked to belong together
-    (LogMismatch otherwise: a store built from another log, or ahead of this one, would have
-    events acknowledged that are never processed); `resources` closes them."""
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"no data directory at {data_dir}")
-    store = SQLiteStore(data_dir / STORE_FILE)
-    resources.callback(store.close)
-    log = SQLiteLog(data_dir / LOG_FILE)
-    resources.callback(log.close)
-    store.bind_log(log, str(log.path))
-    return log, store
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:

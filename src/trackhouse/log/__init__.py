@@ -47,7 +47,7 @@ class EventLog(Protocol):
     # The newest committed position, kept in memory: cheap enough to read on every request.
     committed: int
     # Made when the log is created and kept in it: a store records the identity of the log it
-    # is built from, and refuses any other (`trackhouse.server.open_pipeline`).
+    # is built from, and refuses any other (`trackhouse.backends.open_pipeline`).
     identity: str
 
     async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
