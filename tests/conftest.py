@@ -117,6 +117,15 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=False)
 
 
+def private_client(server: Server) -> httpx.Client:
+    """A client for /api/* with the private key and the newest revision."""
+    return server.client(
+        Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}",
+        revision=NEWEST,
+        **{"Content-Type": "application/vnd.api+json"},
+    )
+
+
 def make_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -156,11 +165,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def api(server: Server) -> Iterator[httpx.Client]:
     """A client for /api/* with the private key and the newest revision."""
-    with server.client(
-        Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}",
-        revision=NEWEST,
-        **{"Content-Type": "application/vnd.api+json"},
-    ) as c:
+    with private_client(server) as c:
         yield c
 
 

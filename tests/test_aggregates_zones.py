@@ -36,12 +36,11 @@ import httpx
 import msgspec
 import pytest
 from conftest import (
-    NEWEST,
-    PRIVATE_KEY,
     Server,
     bulk_body,
     bulk_event,
     make_env,
+    private_client,
     single_error,
 )
 from hypothesis import HealthCheck, given, settings
@@ -167,11 +166,7 @@ def zones_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def api(zones_server: Server) -> Iterator[httpx.Client]:
-    with zones_server.client(
-        Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}",
-        revision=NEWEST,
-        **{"Content-Type": "application/vnd.api+json"},
-    ) as client:
+    with private_client(zones_server) as client:
         yield client
 
 

@@ -13,7 +13,14 @@ import time
 
 import httpx
 import pytest
-from conftest import ADMIN_KEY, PRIVATE_KEY, bulk_body, bulk_event, event_body, make_env
+from conftest import (
+    ADMIN_KEY,
+    bulk_body,
+    bulk_event,
+    event_body,
+    make_env,
+    private_client,
+)
 
 from trackhouse.backends import LOG_FILE, STORE_FILE
 
@@ -23,7 +30,7 @@ ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 def _send(server, n: int, prefix: str) -> list[str]:
     """n single creates; their receipt ids."""
     receipts = []
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         for i in range(n):
             r = c.post("/api/events", json=event_body(email=f"{prefix}{i}@example.com"))
             assert r.status_code == 202, r.text
@@ -123,7 +130,7 @@ def test_a_store_from_before_log_identities_binds_to_its_own_log(start_server, t
     server.start()
     receipts = _send(server, 1, "again")
     server.settle()
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         assert c.get(f"/api/event-receipts/{receipts[0]}").status_code == 200
 
 
@@ -148,7 +155,7 @@ def test_the_same_log_and_store_start_again(start_server, tmp_path):
     server.start()
     receipts = _send(server, 2, "b")
     server.settle()
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         r = c.get(f"/api/event-receipts/{receipts[-1]}")
     assert r.json()["data"]["attributes"]["status"] == "processed"
 
@@ -172,7 +179,7 @@ def test_a_second_processor_on_a_store_exits_at_once_naming_the_first(start_serv
     # The server goes on processing as before.
     receipts = _send(server, 3, "after")
     server.settle(timeout=10)
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         assert (
             c.get(f"/api/event-receipts/{receipts[-1]}").json()["data"]["attributes"]["status"]
             == "processed"
@@ -211,7 +218,7 @@ def test_the_processing_claim_is_released_when_its_process_dies(start_server):
 def _bulk_jobs(server, jobs: int, groups: int, prefix: str) -> list[str]:
     """Bulk jobs of `groups` one-event profile groups each (a log entry a group); their ids."""
     ids = []
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         for j in range(jobs):
             body = bulk_body(
                 [({"email": f"{prefix}{j}.{g}@example.com"}, [bulk_event()]) for g in range(groups)]
@@ -250,7 +257,7 @@ def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
     assert result["reset"].status_code == 200, result["reset"].text
     assert result["reset"].json()["data"]["attributes"]["events"] == 10 + 1200
     server.settle()
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         for receipt in before:
             assert c.get(f"/api/event-receipts/{receipt}").status_code == 404
         for job in jobs:
@@ -287,7 +294,7 @@ def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing
         assert r.json()["errors"][0]["code"] == "service_unavailable"
         assert seconds < 5  # the timeout asked for, not SQLite's own 30 s
     server.settle()
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         for receipt in receipts:
             assert c.get(f"/api/event-receipts/{receipt}").status_code == 200
         assert len(c.get("/api/events").json()["data"]) == 4
@@ -321,7 +328,7 @@ def test_concurrent_resets_take_turns_and_processing_goes_on(start_server):
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
     assert sum(r.json()["data"]["attributes"]["events"] for r in results) == 15
     server.settle(timeout=20)
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         for receipt in survivors:
             assert c.get(f"/api/event-receipts/{receipt}").status_code == 200
         assert len(c.get("/api/events").json()["data"]) == 5

@@ -9,13 +9,13 @@ import json
 import uuid
 
 import httpx
-from conftest import PRIVATE_KEY, PUBLIC_KEY, bulk_event, event_body
+from conftest import PUBLIC_KEY, bulk_event, event_body, private_client
 
 from trackhouse.model import Submission
 
 
 def _outcomes(server, receipt: str) -> list[dict]:
-    with server.client(Authorization=f"Klaviyo-API-Key {PRIVATE_KEY}", revision="2026-10-15") as c:
+    with private_client(server) as c:
         r = c.get(f"/api/event-receipts/{receipt}")
     assert r.status_code == 200, r.text
     attributes = r.json()["data"]["attributes"]

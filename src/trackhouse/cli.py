@@ -1,4 +1,5 @@
-"""The `trackhouse` command: `serve`, and `keys create|list|revoke`."""
+"""The `trackhouse` command: `serve`, `process`, `wait`, `accounts create|list` and
+`keys create|list|revoke`."""
 
 from __future__ import annotations
 

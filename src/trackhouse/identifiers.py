@@ -38,15 +38,25 @@ def email_key(email: str) -> str:
     return _normalized_email(email)
 
 
-@lru_cache(maxsize=65536)
 def _normalized_email(email: str) -> str:
+    normalized, _ = validate_email(email)
+    # An address the API would not accept compares as it is.
+    return (normalized or email).lower()
+
+
+@lru_cache(maxsize=65536)
+def validate_email(email: str) -> tuple[str | None, str | None]:
+    """(email-validator's normalized form, None), or (None, why it is not an address). The
+    API's check and the identity key share this one call (and its cache)."""
     try:
+        # test_environment: addresses at test domains are accepted, never silently dropped
+        # (design.md, Decisions); deliverability is not ours to check.
         valid = email_validator.validate_email(
             email, check_deliverability=False, test_environment=True
         )
-    except email_validator.EmailNotValidError:
-        return email.lower()  # not an address the API would accept: compare it as it is
-    return valid.normalized.lower()
+    except email_validator.EmailNotValidError as exc:
+        return None, str(exc)
+    return valid.normalized, None
 
 
 # E.164 with optional separators; no letters (phonenumbers would read "+1 800 FLOWERS").

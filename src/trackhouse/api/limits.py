@@ -10,13 +10,10 @@ time-window limits depend on the revision and arrive as arguments.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
-import email_validator
-
 from trackhouse.api.errors import APIError, invalid, pointer
-from trackhouse.identifiers import phone_e164
+from trackhouse.identifiers import phone_e164, validate_email
 
 MAX_STRING_BYTES = 100 * 1024
 MAX_ARRAY_ITEMS = 4000
@@ -170,22 +167,11 @@ def check_event_time(moment: datetime, min_year: int, where: str) -> int:
     return int(moment.timestamp())
 
 
-@lru_cache(maxsize=65536)
-def _email_ok(email: str) -> str | None:
-    try:
-        # test_environment: addresses at test domains are accepted, never silently dropped
-        # (design.md, Decisions); deliverability is not ours to check.
-        email_validator.validate_email(email, check_deliverability=False, test_environment=True)
-    except email_validator.EmailNotValidError as exc:
-        return str(exc)
-    return None
-
-
 def check_email(email: str, where: str) -> str:
     email = email.strip()
     if len(email) > MAX_EMAIL:
         raise invalid("Invalid email address (it must be less than 100 characters).", where)
-    problem = _email_ok(email)
+    _, problem = validate_email(email)
     if problem:
         raise invalid(f"Invalid email address: {problem}", where)
     return email

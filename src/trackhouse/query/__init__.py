@@ -1,1 +1,2 @@
-"""Reads: stored state shaped as Klaviyo's resources (profiles now; events and metrics next)."""
+"""Reads: stored state shaped as Klaviyo's resources (`events`, `profiles`), the `filter`
+parameter (`filters`) and metric aggregates (`aggregates`)."""
