@@ -64,7 +64,7 @@ def test_a_store_from_before_groups_gets_the_column_and_old_rows_point_by_positi
 ) -> None:
     import sqlite3
 
-    from trackhouse.store.sqlite import Outcome
+    from trackhouse.store.base import Outcome
 
     conn = sqlite3.connect(tmp_path / "store.sqlite3")
     conn.execute(  # as 130c44b made it

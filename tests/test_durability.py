@@ -95,7 +95,7 @@ def test_log_refuses_instead_of_acknowledging_when_it_cannot_commit(tmp_path: Pa
         await log.append([_submission(3)])  # recovers by itself
 
     asyncio.run(scenario())
-    assert [e.submission.receipt_id for e in log.read(0, 10)] == ["1", "3"]
+    assert [e.submission.receipt_id for e in log.read(0, 0, 10)] == ["1", "3"]
     log.close()
 
 
@@ -135,7 +135,7 @@ def test_jobs_sharing_one_group_commit_each_point_at_their_own_entries(tmp_path:
 
     asyncio.run(scenario())
     assert commits == [1, 6]  # the jobs did share a commit, with single creates between them
-    entries = {e.seq: e.submission for e in log.read(0, 100)}
+    entries = {e.seq: e.submission for e in log.read(0, 0, 100)}
     for k, job in enumerate(jobs):
         stored = log.get_job("acct01", job.id)
         assert stored is not None
@@ -160,12 +160,12 @@ def test_log_on_a_read_only_database_refuses_then_recovers(tmp_path: Path):
         log._writer.execute("PRAGMA query_only=1")
         with pytest.raises(LogUnavailable, match="readonly"):
             await log.append([_submission(2)])
-        assert log.read(0, 10)[-1].submission.receipt_id == "1"  # reads go on
+        assert log.read(0, 0, 10)[-1].submission.receipt_id == "1"  # reads go on
         log._writer.execute("PRAGMA query_only=0")
         await log.append([_submission(3)])
 
     asyncio.run(scenario())
-    assert [e.submission.receipt_id for e in log.read(0, 10)] == ["1", "3"]
+    assert [e.submission.receipt_id for e in log.read(0, 0, 10)] == ["1", "3"]
     assert log.committed == 2  # the refused write left no position behind
     log.close()
 

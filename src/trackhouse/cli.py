@@ -1,5 +1,6 @@
-"""The `trackhouse` command: `serve`, `process`, `wait`, `accounts create|list` and
-`keys create|list|revoke`."""
+"""The `trackhouse` command: `serve`, `process`, `wait`, `migrate`, `accounts create|list` and
+`keys create|list|revoke`. Each takes `--data-dir` (the embedded SQLite default) or `--store`
+(a PostgreSQL URL)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import click
 
 from trackhouse import __version__
+from trackhouse.backends import Location
 from trackhouse.store.accounts import ADMIN_SCOPE, ALL_SCOPES
 
 DATA_DIR = click.option(
@@ -19,8 +21,26 @@ DATA_DIR = click.option(
     default=Path("trackhouse-data"),
     show_default=True,
     envvar="TRACKHOUSE_DATA_DIR",
-    help="Where the SQLite files live.",
+    help="Where the SQLite files live (without --store).",
 )
+STORE = click.option(
+    "--store",
+    "store_url",
+    envvar="TRACKHOUSE_STORE",
+    metavar="URL",
+    default=None,
+    help="postgresql://USER@HOST:PORT/DB: the log and the store in PostgreSQL, shared by any "
+    "number of API processes and workers (default: SQLite under --data-dir).",
+)
+
+
+def _where(data_dir: Path, store_url: str | None) -> Location:
+    from trackhouse.backends import Location
+
+    try:
+        return Location(data_dir, store_url or None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
 
 
 @click.group()
@@ -31,6 +51,7 @@ def main() -> None:
 
 @main.command()
 @DATA_DIR
+@STORE
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="TRACKHOUSE_HOST")
 @click.option("--port", default=8080, show_default=True, type=int, envvar="TRACKHOUSE_PORT")
 @click.option(
@@ -52,17 +73,22 @@ def main() -> None:
 )
 def serve(
     data_dir: Path,
+    store_url: str | None,
     host: str,
     port: int,
     no_rate_limits: bool,
     no_process: bool,
     max_backlog: int | None,
 ) -> None:
-    """Serve the API and process events, on the embedded default (SQLite under --data-dir)."""
+    """Serve the API and process events: on the embedded default (SQLite under --data-dir), or
+    on PostgreSQL (--store), where any number of these and of `trackhouse process` share it."""
     from trackhouse.server import Settings
     from trackhouse.server import serve as run
 
-    settings = Settings(data_dir=data_dir, host=host, port=port, process=not no_process)
+    _where(data_dir, store_url)
+    settings = Settings(
+        data_dir=data_dir, store_url=store_url, host=host, port=port, process=not no_process
+    )
     if no_rate_limits:
         settings.rate_limits = None
     if max_backlog is not None:
@@ -73,8 +99,10 @@ def serve(
 
 @main.command()
 @DATA_DIR
-def process(data_dir: Path) -> None:
-    """Process the log of --data-dir without serving the API (until interrupted)."""
+@STORE
+def process(data_dir: Path, store_url: str | None) -> None:
+    """Process without serving the API, until interrupted: the log of --data-dir, or, with
+    --store, as one of any number of workers sharing the log's partitions."""
     import signal
     import threading
 
@@ -84,14 +112,14 @@ def process(data_dir: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with _refusals():
-        process_only(data_dir, stop)
+        process_only(_where(data_dir, store_url), stop)
 
 
 @contextlib.contextmanager
 def _refusals() -> Iterator[None]:
     """What stops a start before it begins: said on stderr, exit code 1, no traceback."""
     from trackhouse.log import LogMismatch
-    from trackhouse.store.sqlite import ProcessorRunning
+    from trackhouse.store import ProcessorRunning
 
     try:
         yield
@@ -101,31 +129,47 @@ def _refusals() -> Iterator[None]:
 
 @main.command()
 @DATA_DIR
+@STORE
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
-def wait(data_dir: Path, timeout: float) -> None:
+def wait(data_dir: Path, store_url: str | None, timeout: float) -> None:
     """Wait until every event accepted so far is processed (exit 1 on timeout)."""
     import time
 
-    from trackhouse.backends import LOG_FILE, STORE_FILE
-    from trackhouse.log.sqlite import log_head
-    from trackhouse.store.sqlite import SQLiteStore
+    from trackhouse.backends import open_pipeline
 
-    head = log_head(data_dir / LOG_FILE)
-    store = SQLiteStore(data_dir / STORE_FILE)
-    deadline = time.monotonic() + timeout
-    with click.progressbar(length=head, label="processing", show_pos=True) as bar:
-        while (position := store.position()) < head:
-            bar.update(position - bar.pos)
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"timed out at log position {position} of {head}")
-            time.sleep(0.05)
-        bar.update(head - bar.pos)
+    with contextlib.ExitStack() as resources, _refusals():
+        log, store = open_pipeline(_where(data_dir, store_url), resources)
+        heads = log.heads()
+        deadline = time.monotonic() + timeout
+        total = sum(heads.values())
+        with click.progressbar(length=total, label="processing", show_pos=True) as bar:
+            while True:
+                positions = store.positions()
+                done = sum(min(positions.get(p, 0), h) for p, h in heads.items())
+                bar.update(done - bar.pos)
+                if done >= total:
+                    break
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"timed out at log position {done} of {total}")
+                time.sleep(0.05)
+
+
+@main.command()
+@STORE
+def migrate(store_url: str | None) -> None:
+    """Create or update the PostgreSQL schema of --store (serve and process also do at start)."""
+    from trackhouse.backends import migrate as run
+
+    if not store_url:
+        raise click.UsageError("migrate needs --store (or TRACKHOUSE_STORE)")
+    partitions = run(_where(Path("."), store_url))
+    click.echo(f"schema up to date; the log has {partitions} partitions")
 
 
 def _announce(first, settings) -> None:
     url = f"http://{settings.host}:{settings.port}"
     click.echo(f"trackhouse {__version__} listening on {url}")
-    click.echo(f"  data:        {settings.data_dir.resolve()}")
+    click.echo(f"  data:        {settings.location.name}")
     click.echo(f"  public key:  {first.account_id}   (company_id for /client/* and Track)")
     if os.environ.get("TRACKHOUSE_PRIVATE_KEY"):
         click.echo("  private key: the one in TRACKHOUSE_PRIVATE_KEY")
@@ -150,12 +194,13 @@ def accounts() -> None:
 
 @accounts.command("create")
 @DATA_DIR
+@STORE
 @click.option("--public-key", help="The 6-character company id (default: a random one).")
-def accounts_create(data_dir: Path, public_key: str | None) -> None:
+def accounts_create(data_dir: Path, store_url: str | None, public_key: str | None) -> None:
     """Create an account with an all-scopes private key; print both (the key only now)."""
     from trackhouse.backends import open_accounts
 
-    store = open_accounts(data_dir)
+    store = open_accounts(_where(data_dir, store_url))
     if public_key is not None and not (len(public_key) == 6 and public_key.isalnum()):
         raise click.ClickException("a public key is 6 letters or digits")
     if public_key and store.account_exists(public_key):
@@ -168,11 +213,12 @@ def accounts_create(data_dir: Path, public_key: str | None) -> None:
 
 @accounts.command("list")
 @DATA_DIR
-def accounts_list(data_dir: Path) -> None:
+@STORE
+def accounts_list(data_dir: Path, store_url: str | None) -> None:
     """List accounts by public key."""
     from trackhouse.backends import open_accounts
 
-    for account_id in open_accounts(data_dir).account_ids():
+    for account_id in open_accounts(_where(data_dir, store_url)).account_ids():
         click.echo(account_id)
 
 
@@ -183,6 +229,7 @@ def keys() -> None:
 
 @keys.command("create")
 @DATA_DIR
+@STORE
 @click.option("--account", help="Public key of the account (default: the first account).")
 @click.option(
     "--scope",
@@ -192,11 +239,13 @@ def keys() -> None:
     help="Repeat for each scope; default: all scopes.",
 )
 @click.option("--label", default="", help="A note to recognise the key by.")
-def keys_create(data_dir: Path, account: str | None, scopes: tuple[str, ...], label: str) -> None:
+def keys_create(
+    data_dir: Path, store_url: str | None, account: str | None, scopes: tuple[str, ...], label: str
+) -> None:
     """Create a private key and print it (it is shown only this once)."""
     from trackhouse.backends import open_accounts
 
-    store = open_accounts(data_dir)
+    store = open_accounts(_where(data_dir, store_url))
     account_id = account or next(iter(store.account_ids()), None) or store.create_account()
     if not store.account_exists(account_id):
         raise click.ClickException(f"no account {account_id!r}")
@@ -209,11 +258,12 @@ def keys_create(data_dir: Path, account: str | None, scopes: tuple[str, ...], la
 
 @keys.command("list")
 @DATA_DIR
-def keys_list(data_dir: Path) -> None:
+@STORE
+def keys_list(data_dir: Path, store_url: str | None) -> None:
     """List keys (id, account, prefix, scopes, state); never the keys themselves."""
     from trackhouse.backends import open_accounts
 
-    for key in open_accounts(data_dir).list_keys():
+    for key in open_accounts(_where(data_dir, store_url)).list_keys():
         state = f"revoked {key.revoked_at}" if key.revoked_at else "active"
         click.echo(
             f"{key.id}  {key.account_id}  {key.prefix}…  {state}  {' '.join(sorted(key.scopes))}"
@@ -223,11 +273,12 @@ def keys_list(data_dir: Path) -> None:
 
 @keys.command("revoke")
 @DATA_DIR
+@STORE
 @click.argument("key_id")
-def keys_revoke(data_dir: Path, key_id: str) -> None:
+def keys_revoke(data_dir: Path, store_url: str | None, key_id: str) -> None:
     """Revoke a key by its id (see `keys list`)."""
     from trackhouse.backends import open_accounts
 
-    if not open_accounts(data_dir).revoke_key(key_id):
+    if not open_accounts(_where(data_dir, store_url)).revoke_key(key_id):
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

@@ -16,19 +16,20 @@ from pathlib import Path
 import uvicorn
 
 from trackhouse.api.app import build_app
-from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, PolledPosition
+from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, Polled
 from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
-from trackhouse.backends import open_accounts, open_pipeline
-from trackhouse.log.sqlite import SQLiteLog
+from trackhouse.backends import Location, open_accounts, open_pipeline
+from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
 from trackhouse.store.accounts import ADMIN_SCOPE, AccountStore
-from trackhouse.store.sqlite import SQLiteStore
+from trackhouse.store.base import Store
 
 
 @dataclass
 class Settings:
     data_dir: Path = Path("trackhouse-data")
+    store_url: str | None = None  # postgresql://…; None: SQLite under data_dir
     host: str = "127.0.0.1"
     port: int = 8080
     rate_limits: dict[str, Limit] | None = field(
@@ -41,6 +42,10 @@ class Settings:
             int(os.environ.get("TRACKHOUSE_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)) or None
         )
     )
+
+    @property
+    def location(self) -> Location:
+        return Location(self.data_dir, self.store_url)
 
 
 def collect_less() -> None:
@@ -87,23 +92,31 @@ def ensure_account(accounts: AccountStore) -> FirstStart:
 
 
 def backlog_bound(
-    settings: Settings, log: SQLiteLog, store: SQLiteStore, processor: Processor | None
+    settings: Settings, log: EventLog, store: Store, processor: Processor | None
 ) -> Backlog | None:
-    """The processed position comes from the processor in this process, or else from the
-    store, which `trackhouse process` updates from its own process."""
+    """The embedded log's processed position comes from the processor in this process when it
+    runs here; anything else (`trackhouse process` elsewhere, a cluster's workers) is read
+    from the store, which every processor updates."""
     if not settings.max_backlog:
         return None
-    if processor is not None:
-        return Backlog(log, lambda: processor.position, settings.max_backlog)
-    return Backlog(log, PolledPosition(store.position), settings.max_backlog)
+    if log.partitions == 1:  # this process is the log's one writer: its head is exact
+        processed: Callable[[], int] = (
+            (lambda: processor.position)
+            if processor is not None
+            else Polled(lambda: store.positions()[0])
+        )
+        return Backlog(lambda: log.committed - processed(), settings.max_backlog)
+    return Backlog(Polled(lambda: store.unprocessed(log)), settings.max_backlog)
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
     """The API and (unless settings.process is off) the processor, in one process."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    where = settings.location
+    if where.url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as resources:
-        log, store = open_pipeline(settings.data_dir, resources)
-        accounts = open_accounts(settings.data_dir)
+        log, store = open_pipeline(where, resources)
+        accounts = open_accounts(where)
         resources.callback(accounts.close)
         processor = Processor(log, store) if settings.process else None
         if processor is not None:
@@ -114,8 +127,8 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
 def _serve(
     settings: Settings,
     announce: Callable[[FirstStart, Settings], None],
-    log: SQLiteLog,
-    store: SQLiteStore,
+    log: EventLog,
+    store: Store,
     accounts: AccountStore,
     processor: Processor | None,
 ) -> None:
@@ -169,10 +182,10 @@ def _serve(
             thread.join()
 
 
-def process_only(data_dir: Path, stop: threading.Event) -> None:
-    """Run the processor alone over an existing data directory (no API)."""
+def process_only(where: Location, stop: threading.Event) -> None:
+    """Run a processor (a worker, on PostgreSQL) alone, without the API."""
     with contextlib.ExitStack() as resources:
-        log, store = open_pipeline(data_dir, resources)
+        log, store = open_pipeline(where, resources)
         processor = Processor(log, store)
         resources.callback(processor.close)
         collect_less()

@@ -15,8 +15,9 @@ from starlette.responses import Response
 from trackhouse.api import auth
 from trackhouse.api.accept import accounts, event_log, jsonapi_response
 from trackhouse.api.errors import APIError
+from trackhouse.store import ResetElsewhere
 from trackhouse.store.accounts import ADMIN_SCOPE
-from trackhouse.store.sqlite import SQLiteStore
+from trackhouse.store.base import Store
 
 MAX_WAIT_SECONDS = 300.0
 
@@ -33,16 +34,22 @@ def _timeout(request: Request) -> float:
     return seconds
 
 
+def _behind(heads: dict[int, int], positions: dict[int, int]) -> bool:
+    return any(positions.get(p, 0) < head for p, head in heads.items())
+
+
 async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
-    """Wait until everything in the log when called is processed; (position, head)."""
-    store: SQLiteStore = request.app.state.store
-    head = event_log(request).head()
+    """Wait until everything committed to the log when called — by any API process — is
+    processed, in every partition; (position, head) summed over the partitions."""
+    store: Store = request.app.state.store
+    heads = await asyncio.to_thread(event_log(request).heads)
     processor = request.app.state.processor
     deadline = time.monotonic() + seconds
-    while (position := store.position()) < head:
+    while _behind(heads, positions := await asyncio.to_thread(store.positions)):
         if processor is not None:
             processor.hurry.set()
         if time.monotonic() >= deadline:
+            position, head = sum(positions.values()), sum(heads.values())
             trouble = processor and processor.last_error
             raise APIError(
                 503,
@@ -52,7 +59,7 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)
-    return position, head
+    return sum(positions.values()), sum(heads.values())
 
 
 def _status(position: int, head: int) -> dict:
@@ -76,15 +83,19 @@ async def reset(request: Request) -> Response:
     processing what was accepted before the call, so nothing reappears afterwards)."""
     account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
     processor = request.app.state.processor
-    if processor is None:
-        raise APIError(
-            409, "conflict", "Processing runs in another process; reset the account there."
-        )
+    store: Store = request.app.state.store
     # Everything accepted before this call is processed, then deleted; what arrives meanwhile
-    # is processed after the reset, and kept (the processor holds itself at the log's head).
+    # is processed after the reset, and kept (processing is held at the log's heads).
     deadline = time.monotonic() + _timeout(request)
     try:
-        _, deleted = await asyncio.to_thread(processor.reset_account, account_id, deadline)
+        if processor is not None and event_log(request).partitions == 1:
+            _, deleted = await asyncio.to_thread(processor.reset_account, account_id, deadline)
+        else:  # the store coordinates every worker of the cluster
+            deleted = await asyncio.to_thread(store.reset_account, account_id, deadline)
+    except ResetElsewhere:
+        raise APIError(
+            409, "conflict", "Processing runs in another process; reset the account there."
+        ) from None
     except TimeoutError as exc:
         raise APIError(
             503,

@@ -32,7 +32,7 @@ from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
 from trackhouse.store.accounts import AccountStore
-from trackhouse.store.sqlite import SQLiteStore
+from trackhouse.store.base import Store
 
 logger = logging.getLogger("trackhouse.api")
 
@@ -188,7 +188,7 @@ class FastWrites:
 def build_app(
     log: EventLog,
     accounts: AccountStore,
-    store: SQLiteStore,
+    store: Store,
     processor: Processor | None,
     limiter: RateLimiter | None,
     backlog: Backlog | None = None,

@@ -12,20 +12,15 @@ import time
 from collections.abc import Callable
 
 from trackhouse.api.errors import APIError
-from trackhouse.log import EventLog
 
 DEFAULT_MAX_BACKLOG = 1_000_000  # log entries (a single create is one; a bulk job one a profile)
 RETRY_AFTER_SECONDS = 2
 
 
 class Backlog:
-    def __init__(self, log: EventLog, processed: Callable[[], int], max_entries: int) -> None:
-        self.log = log
-        self.processed = processed
+    def __init__(self, behind: Callable[[], int], max_entries: int) -> None:
+        self.behind = behind  # log entries committed and not processed yet
         self.max_entries = max_entries
-
-    def behind(self) -> int:
-        return self.log.committed - self.processed()
 
     def check(self) -> None:
         """Raise the 503 when the backlog has reached its bound."""
@@ -40,9 +35,10 @@ class Backlog:
             )
 
 
-class PolledPosition:
-    """The processed position read from the store, at most every `interval` seconds: for
-    processing in another process. A stale answer only overstates the backlog."""
+class Polled:
+    """A figure read from the database at most every `interval` seconds (the backlog of a
+    cluster, or of processing in another process): a stale answer is off by what changed
+    within the interval."""
 
     def __init__(self, read: Callable[[], int], interval: float = 0.25) -> None:
         self.read = read

@@ -35,7 +35,7 @@ from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
 from trackhouse.ids import new_ulid
 from trackhouse.log import BulkJob
 from trackhouse.model import Event, ProfileChange, Submission
-from trackhouse.store.sqlite import OUTCOMES, Outcome
+from trackhouse.store.base import OUTCOMES, Outcome
 
 MAX_BODY = 5 * MB
 MAX_EVENTS = 1000

@@ -18,7 +18,7 @@ from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, is_i
 from trackhouse.query.events import event_resource, metric_resource, sparse
 from trackhouse.query.filters import Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
-from trackhouse.store.sqlite import EventQuery, EventRow, SQLiteStore, event_rowid
+from trackhouse.store.base import EventQuery, EventRow, Store, event_number
 
 EVENT_FIELDS = ("datetime", "event_properties", "id", "timestamp", "uuid")
 LEGACY_EVENT_FIELDS = (*EVENT_FIELDS, "metric_id", "profile_id")
@@ -33,7 +33,7 @@ SORTS = ("datetime", "-datetime", "timestamp", "-timestamp")
 RANGE_OPERATORS = ("greater-than", "greater-or-equal", "less-than", "less-or-equal", "equals")
 
 
-def _store(request: Request) -> SQLiteStore:
+def _store(request: Request) -> Store:
     return request.app.state.store
 
 
@@ -136,8 +136,8 @@ async def get_events(request: Request) -> Response:
     rows = rows[: q.size]
     if backwards:
         rows.reverse()
-    first = [rows[0].time, rows[0].rowid, "prev"] if rows else None
-    last = [rows[-1].time, rows[-1].rowid, "next"] if rows else None
+    first = [rows[0].time, rows[0].number, "prev"] if rows else None
+    last = [rows[-1].time, rows[-1].number, "next"] if rows else None
     next_value = last if (more and not backwards) or (backwards and rows) else None
     prev_value = first if (cursor is not None and not backwards) or (backwards and more) else None
     base, legacy = base_url(request), not caller.rules.jsonapi_relationships
@@ -154,8 +154,8 @@ async def get_events(request: Request) -> Response:
 
 def _event(request: Request, caller: Caller) -> EventRow:
     event_id = request.path_params["event_id"]
-    rowid = event_rowid(event_id)
-    row = None if rowid is None else _store(request).event(caller.account_id, rowid)
+    number = event_number(event_id)
+    row = None if number is None else _store(request).event(caller.account_id, number)
     if row is None:
         raise APIError(404, "not_found", f"An event with id {event_id[:64]} does not exist.")
     return row

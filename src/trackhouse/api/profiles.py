@@ -16,7 +16,7 @@ from trackhouse.identifiers import identifier_key
 from trackhouse.query.events import sparse
 from trackhouse.query.filters import MAX_SECONDS, MIN_SECONDS, Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
-from trackhouse.store.sqlite import ProfileQuery
+from trackhouse.store.base import ProfileQuery
 
 # Klaviyo's filterable profile fields, and the identifier kind each one looks up.
 IDENTIFIER_FILTERS = {

@@ -13,14 +13,14 @@ from starlette.responses import Response
 
 from trackhouse.api.accept import absolute_url, event_log, identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
-from trackhouse.store.sqlite import Outcome, event_id
+from trackhouse.store.base import Outcome, event_id
 
 
 def outcome_json(o: Outcome) -> dict:
     return {
         "outcome": o.outcome,
         "profile_id": o.profile_id,
-        "event_id": None if o.event_rowid is None else event_id(o.event_rowid),
+        "event_id": None if o.event_number is None else event_id(o.event_number),
         "detail": o.detail,
     }
 
@@ -29,10 +29,12 @@ async def get_receipt(request: Request) -> Response:
     caller = identify_caller(request, scope="events:read", endpoint_class="job")
     receipt_id = request.path_params["receipt_id"]
     store = request.app.state.store
-    seq = event_log(request).receipt_seq(caller.account_id, receipt_id)
-    if seq is None or seq <= store.reset_position(caller.account_id):  # never, or reset since
-        raise APIError(404, "not_found", f"A receipt with id {receipt_id[:64]} does not exist.")
+    # Outcomes first: a processed entry may have left the log since (retention).
     outcomes = store.receipt_outcomes(caller.account_id, receipt_id)
+    if not outcomes:
+        seq = event_log(request).receipt_seq(caller.account_id, receipt_id)
+        if seq is None or seq <= store.reset_position(caller.account_id):  # never, or reset
+            raise APIError(404, "not_found", f"A receipt with id {receipt_id[:64]} does not exist.")
     url = absolute_url(request, f"/api/event-receipts/{receipt_id}")
     document = {
         "data": {

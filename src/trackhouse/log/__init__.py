@@ -39,12 +39,18 @@ class BulkJob:
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    seq: int
+    seq: int  # the entry's number: unique in the log, whichever partition holds it
     submission: Submission
+    partition: int = 0
+    position: int = 0  # its place in the partition: 1, 2, 3, … in commit order, no gaps
 
 
 class EventLog(Protocol):
-    # The newest committed position, kept in memory: cheap enough to read on every request.
+    # Entries are spread over this many partitions (by account and person), each read in
+    # order by the one processor that holds it; the embedded log has one.
+    partitions: int
+    # The newest position this process committed, kept in memory: cheap enough to read on
+    # every request.
     committed: int
     # Made when the log is created and kept in it: a store records the identity of the log it
     # is built from, and refuses any other (`trackhouse.backends.open_pipeline`).
@@ -56,16 +62,19 @@ class EventLog(Protocol):
     def get_job(self, account_id: str, job_id: str) -> BulkJob | None: ...
 
     def receipt_seq(self, account_id: str, receipt_id: str) -> int | None:
-        """The log position of a single create's submission, by its receipt id."""
+        """The entry number of a single create's submission, by its receipt id."""
 
-    def head(self) -> int:
-        """The newest position in the log (0 when empty)."""
+    def heads(self) -> dict[int, int]:
+        """Every partition's newest committed position (0 when empty), as committed anywhere."""
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every successful commit (processing wakes on it)."""
 
-    def read(self, after_seq: int, limit: int, max_bytes: int | None = None) -> list[LogEntry]:
-        """Entries with seq > after_seq, in log order: at most `limit`, and no more than
-        `max_bytes` of encoded data (but at least one entry)."""
+    def read(
+        self, partition: int, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[LogEntry]:
+        """The partition's entries past position `after`, in order: at most `limit`, and no
+        more than `max_bytes` of encoded data (but at least one entry). Never one that
+        commits later at a lower position: positions are given in commit order."""
 
     def close(self) -> None: ...

@@ -1,26 +1,19 @@
-"""The embedded log: one SQLite file in WAL mode, written by one thread with group commit.
-
-Requests hand their submissions to `append`, which queues them and waits. A single writer
-thread takes everything queued, writes it in one transaction and commits with
-`synchronous=FULL` (the WAL is fsync'd before COMMIT returns), then wakes every waiter. Under
-load the batches grow by themselves, so one fsync serves many requests; with one request in
-flight it costs one fsync, and nobody is acknowledged before their commit.
+"""The embedded log: one SQLite file in WAL mode, written by one thread with group commit
+(`group_commit.py`): each batch is one transaction committed with `synchronous=FULL` (the WAL
+is fsync'd before COMMIT returns). One writer, one partition: positions are entry numbers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import threading
 import uuid
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from trackhouse.log import BulkJob, LogEntry, LogOverloaded, LogUnavailable
-from trackhouse.model import Submission, decode_submission, encode_submission
+from trackhouse.log import BulkJob, LogEntry, LogUnavailable
+from trackhouse.log.group_commit import DEFAULT_MAX_PENDING_BYTES, GroupCommitLog, Pending
+from trackhouse.model import decode_submission
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -45,41 +38,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
-# Waiters whose bytes are still uncommitted; past this, new appends are refused (503) rather
-# than letting memory grow without bound.
-DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class _Pending:
-    rows: list[tuple[str, str | None, str | None, bytes]]
-    job: BulkJob | None
-    size: int
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
-
-
-def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for future in futures:
-        if future.done():  # the request was cancelled (client went away) meanwhile
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-
-
-def _wake(batch: list[_Pending], error: BaseException | None) -> None:
-    """Resolve the batch's futures with one callback per event loop: a thread-safe call costs a
-    write to the loop's self-pipe, too much to pay per request."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for p in batch:
-        by_loop.setdefault(p.loop, []).append(p.future)
-    for loop, futures in by_loop.items():
-        # RuntimeError: that event loop is closed, so nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve_all, futures, error)
-
 
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -88,10 +46,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class SQLiteLog:
+class SQLiteLog(GroupCommitLog):
+    partitions = 1
+
     def __init__(self, path: Path, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
         self.path = path
-        self.max_pending_bytes = max_pending_bytes
         self._writer = connect(path)
         self._writer.executescript(SCHEMA)
         self._writer.execute(
@@ -105,61 +64,9 @@ class SQLiteLog:
         ).fetchone()
         self._reader = connect(path)
         self._read_lock = threading.Lock()
-        self._queue: deque[_Pending] = deque()
-        self._pending_bytes = 0
-        self._cond = threading.Condition()
-        self._closing = False
-        self._listeners: list[Callable[[], None]] = []
-        self._thread = threading.Thread(target=self._run, name="trackhouse-log", daemon=True)
-        self._thread.start()
+        super().__init__(max_pending_bytes)
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call `listener` (from the writer thread) after every successful commit."""
-        self._listeners.append(listener)
-
-    async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
-        rows = [(s.account_id, s.job_id, s.receipt_id, encode_submission(s)) for s in submissions]
-        size = sum(len(r[3]) for r in rows)
-        loop = asyncio.get_running_loop()
-        pending = _Pending(rows, job, size, loop, loop.create_future())
-        with self._cond:
-            if self._closing:
-                raise LogUnavailable("the log is closed")
-            if self._pending_bytes + size > self.max_pending_bytes and self._queue:
-                raise LogOverloaded("too many uncommitted writes")
-            self._pending_bytes += size
-            self._queue.append(pending)
-            self._cond.notify()
-        await pending.future
-
-    def _run(self) -> None:
-        batch: list[_Pending] = []
-        try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    batch = list(self._queue)
-                    self._queue.clear()
-                error = self._commit(batch)
-                if error is None:
-                    for listener in self._listeners:
-                        listener()
-                with self._cond:
-                    self._pending_bytes -= sum(p.size for p in batch)
-                _wake(batch, error)
-                batch = []
-        finally:
-            # However the writer ends, nobody is left waiting and nothing new is accepted.
-            with self._cond:
-                self._closing = True
-                left = batch + list(self._queue)
-                self._queue.clear()
-            _wake(left, LogUnavailable("the log writer stopped"))
-
-    def _commit(self, batch: list[_Pending]) -> BaseException | None:
+    def _commit(self, batch: list[Pending]) -> BaseException | None:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -202,6 +109,9 @@ class SQLiteLog:
         with self._read_lock:
             return self._reader.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()[0]
 
+    def heads(self) -> dict[int, int]:
+        return {0: self.head()}
+
     def receipt_seq(self, account_id: str, receipt_id: str) -> int | None:
         with self._read_lock:
             row = self._reader.execute(
@@ -210,7 +120,9 @@ class SQLiteLog:
             ).fetchone()
         return None if row is None else row[0]
 
-    def read(self, after_seq: int, limit: int, max_bytes: int | None = None) -> list[LogEntry]:
+    def read(
+        self, partition: int, after_seq: int, limit: int, max_bytes: int | None = None
+    ) -> list[LogEntry]:
         rows: list[tuple[int, bytes]] = []
         size = 0
         with self._read_lock:
@@ -223,13 +135,10 @@ class SQLiteLog:
                 if rows and max_bytes is not None and size > max_bytes:
                     break
                 rows.append((seq, blob))
-        return [LogEntry(seq, decode_submission(blob)) for seq, blob in rows]
+        return [LogEntry(seq, decode_submission(blob), 0, seq) for seq, blob in rows]
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
+        super().close()
         self._writer.close()
         self._reader.close()
 

@@ -18,7 +18,7 @@ from trackhouse.identifiers import email_key, identifier_key
 from trackhouse.ids import new_ulid
 from trackhouse.model import ProfileChange
 from trackhouse.process.profiles import MAX_EMAILS, Profile, decode_profile, encode_profile
-from trackhouse.store.sqlite import SQLiteWriter
+from trackhouse.store.base import StoreWriter
 
 Key = tuple[str, str, str]  # (account_id, kind, identifier key)
 
@@ -38,7 +38,7 @@ class ProfileBook:
     cache stays true to the database as long as it is dropped after a rollback (`forget()`).
     """
 
-    def __init__(self, store: SQLiteWriter) -> None:
+    def __init__(self, store: StoreWriter) -> None:
         self.store = store
         self._owners: dict[Key, str] = {}
         self._profiles: dict[str, Profile] = {}

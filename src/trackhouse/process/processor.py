@@ -29,17 +29,20 @@ from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, apply_bounded
-from trackhouse.store import StoreUnavailable
-from trackhouse.store.sqlite import SQLiteStore, event_id, pack_results
-from trackhouse.store.sqlite.writer import OutcomeRow
+from trackhouse.store import ProcessingFenced, StoreConflict, StoreUnavailable
+from trackhouse.store.base import (
+    EVENTS_PER_ENTRY,
+    OutcomeRow,
+    Result,
+    Store,
+    event_id,
+    pack_results,
+)
 
 logger = logging.getLogger("trackhouse.process")
 
-POSITION = "processor"
 BATCH_ENTRIES = 1000
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this much encoded log data per batch
-# Event rowids are seq * EVENTS_PER_ENTRY + index: a submission holds at most 1,000 events.
-EVENTS_PER_ENTRY = 1000
 # Once caught up, wait this long for more entries before the next batch: per batch the store
 # pays a transaction and an fsync and rewrites each touched profile once, and a processor
 # sharing the API's process (and GIL) that ran a batch per request halved the accepted
@@ -48,10 +51,10 @@ EVENTS_PER_ENTRY = 1000
 # shutdown cut it short (`hurry`).
 LINGER_SECONDS = 0.1
 STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite/store.py)
+# A batch that lost a race with another worker (StoreConflict) is redone at once, this often.
+CONFLICT_RETRIES = 20
 _ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
-
-Result = tuple[str, int | None, str | None]  # outcome, event rowid, detail
 
 
 @functools.lru_cache(maxsize=64)  # a batch's submissions arrived within a few seconds
@@ -64,7 +67,7 @@ def _iso(seconds: float) -> str:
 
 
 class Processor:
-    def __init__(self, log: EventLog, store: SQLiteStore) -> None:
+    def __init__(self, log: EventLog, store: Store) -> None:
         self.log = log
         # One processor per store (ProcessorRunning otherwise): two would race on the same
         # entries and one would loop on their outcomes' unique key forever.
@@ -77,7 +80,8 @@ class Processor:
         self.book = ProfileBook(self.store)
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
-        self.position = store.position(POSITION)
+        # The processed position of each partition held, as this processor committed it.
+        self.positions = {p: self.store.processed_position(p) for p in self.claim.partitions()}
         self.wake = threading.Event()  # set by the log after each commit
         self.hurry = threading.Event()  # set to skip the linger (a waiter, shutdown)
         self.lock = threading.Lock()  # one batch (or reset) at a time
@@ -109,9 +113,7 @@ class Processor:
             # A backlog: no waiting. (A batch may end short of BATCH_ENTRIES because it reached
             # BATCH_BYTES, so the log is asked how much is left.)
             # (None processed with entries waiting: a reset holds processing at its ceiling.)
-            if processed and (
-                processed >= BATCH_ENTRIES or self.log.head() - self.position >= BATCH_ENTRIES // 2
-            ):
+            if processed and (processed >= BATCH_ENTRIES or self.behind() >= BATCH_ENTRIES // 2):
                 continue
             if not processed:
                 self.wake.wait(0.25)
@@ -119,48 +121,94 @@ class Processor:
             if not stop.is_set() and self.hurry.wait(LINGER_SECONDS):
                 self.hurry.clear()
 
-    def run_once(self, max_entries: int = BATCH_ENTRIES) -> int:
-        """Process the next batch of log entries; returns how many there were."""
-        with self.lock:
-            return self._run_once(max_entries)
+    @property
+    def position(self) -> int:
+        """The processed position of the embedded log's one partition (0 if not held)."""
+        return self.positions.get(0, 0)
 
-    def _run_once(self, max_entries: int) -> int:
+    def behind(self) -> int:
+        """Entries of the partitions held that are not processed yet."""
+        heads = self.log.heads()
+        return sum(max(0, heads.get(p, 0) - at) for p, at in self.positions.items())
+
+    def run_once(self, max_entries: int = BATCH_ENTRIES) -> int:
+        """Process the next batch of each partition held; returns how many entries there were."""
+        held = self.claim.partitions()
+        for lost in set(self.positions) - set(held):
+            del self.positions[lost]  # another worker holds it now
+        processed = 0
+        for partition in held:
+            with self.lock:
+                processed += self._run_once(partition, max_entries)
+        return processed
+
+    def _run_once(self, partition: int, max_entries: int) -> int:
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._run_batch(partition, max_entries)
+            except ProcessingFenced:
+                logger.warning("partition %d was processed by another worker", partition)
+                self.positions.pop(partition, None)  # read again when held again
+                return 0
+            except StoreConflict:
+                # Another worker claimed an identifier, changed a profile or deadlocked with
+                # this batch: redone now, it sees what the other one committed.
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                time.sleep(0.001 * attempt)
+        raise AssertionError("unreachable")
+
+    def _run_batch(self, partition: int, max_entries: int) -> int:
+        if self.store.shared:
+            self.forget()  # other workers change profiles and identifiers between batches
+        at = self.positions.get(partition)
+        if at is None:
+            at = self.positions[partition] = self.store.processed_position(partition)
         with self._ceilings_lock:
             until = min(self._ceilings, default=None)
-            entries = self.log.read(self.position, max_entries, BATCH_BYTES)
+            entries = self.log.read(partition, at, max_entries, BATCH_BYTES)
+        held = self.store.ceiling(partition)  # a reset elsewhere in the cluster
+        if held is not None:
+            until = held if until is None else min(until, held)
         if until is not None:
-            entries = [e for e in entries if e.seq <= until]
+            entries = [e for e in entries if e.position <= until]
         if not entries:
             return 0
         try:
-            self._commit(entries, self._apply_all)
+            self._commit(partition, entries, self._apply_all)
         except StoreUnavailable:
             raise  # storage trouble: the same entries are tried again later
         except Exception:
             logger.exception("batch failed; redoing it entry by entry")
             for entry in entries:
                 try:
-                    self._commit([entry], self._apply_all)
+                    self._commit(partition, [entry], self._apply_all)
                 except StoreUnavailable:
                     raise
                 except Exception as exc:
                     logger.exception("log entry %d failed; rejecting its events", entry.seq)
-                    self._commit([entry], functools.partial(self._reject_all, reason=repr(exc)))
+                    reject = functools.partial(self._reject_all, reason=repr(exc))
+                    self._commit(partition, [entry], reject)
         return len(entries)
 
     def _commit(
-        self, entries: list[LogEntry], apply: Callable[[list[LogEntry]], list[OutcomeRow]]
+        self,
+        partition: int,
+        entries: list[LogEntry],
+        apply: Callable[[list[LogEntry]], list[OutcomeRow]],
     ) -> None:
+        old = self.positions[partition]
         try:
             with self.store.transaction():
+                # First: another worker that moved the position meanwhile fences this batch.
+                self.store.advance(partition, old, entries[-1].position)
                 outcomes = apply(entries)
                 self.book.flush()
                 self.store.record_outcomes(outcomes)
-                self.store.advance(POSITION, entries[-1].seq)
         except BaseException:
             self.forget()
             raise
-        self.position = entries[-1].seq
+        self.positions[partition] = entries[-1].position
 
     def forget(self) -> None:
         """Drop every cache (after a rollback, or when another writer changed the store)."""
@@ -194,7 +242,7 @@ class Processor:
         if not s.events:  # identify: a profile change only
             outcome = "stored" if size is not None else "rejected"
             return _row(seq, s, profile.id, [(outcome, None, notes)])
-        if len(s.events) > EVENTS_PER_ENTRY:  # the API refuses these; rowids depend on it
+        if len(s.events) > EVENTS_PER_ENTRY:  # the API refuses these; numbers depend on it
             raise ValueError(f"a submission holds at most {EVENTS_PER_ENTRY} events")
 
         results: list[Result] = []
@@ -207,10 +255,10 @@ class Processor:
                 results.append(("rejected", None, _join(reason, notes)))
                 continue
             key = event.unique_id if event.unique_id is not None else str(event.time)
-            rowid = seq * EVENTS_PER_ENTRY + idx
+            number = seq * EVENTS_PER_ENTRY + idx
             rows.append(
                 (
-                    rowid,
+                    number,
                     s.account_id,
                     profile.id,
                     metric_id,
@@ -224,7 +272,7 @@ class Processor:
                 )
             )
             keys.append((metric_id, key, event.unique_id is not None))
-            results.append(("stored", rowid, notes))  # until the insert says otherwise
+            results.append(("stored", number, notes))  # until the insert says otherwise
         # The dedup index refuses a repeated (account, profile, metric, key): the first
         # processed wins. Usually every row goes in, and one insert is enough to know.
         if self.store.insert_events(rows) != len(rows):
@@ -247,13 +295,13 @@ class Processor:
         notes: str | None,
     ) -> None:
         """Find which of `rows` the dedup index refused, and the event each one repeats."""
-        first_rowid, last_rowid = rows[0][0], rows[-1][0]
-        inserted = self.store.stored_event_ids(first_rowid, last_rowid)
-        by_rowid = {row[0]: n for n, row in enumerate(rows)}
-        for idx, (outcome, rowid, _) in enumerate(results):
-            if outcome != "stored" or rowid in inserted:
+        first_number, last_number = rows[0][0], rows[-1][0]
+        inserted = self.store.stored_event_ids(first_number, last_number)
+        by_number = {row[0]: n for n, row in enumerate(rows)}
+        for idx, (outcome, number, _) in enumerate(results):
+            if outcome != "stored" or number in inserted:
                 continue
-            metric_id, key, explicit = keys[by_rowid[rowid]]
+            metric_id, key, explicit = keys[by_number[number]]
             first = self.store.event_with_key(account_id, profile_id, metric_id, key)
             what = "unique_id" if explicit else "time (no unique_id)"
             detail = f"duplicate of event {event_id(first)}: same profile, metric and {what}"
@@ -288,10 +336,12 @@ class Processor:
         lock, the data deleted, and only then are later entries — accepted while the reset
         waited — processed, and kept. Storage trouble is retried until `deadline`
         (time.monotonic()), then TimeoutError, with nothing deleted. Returns (head, counts)."""
+        if self.log.partitions != 1:
+            raise NotImplementedError("a partitioned log is reset through its store")
         with self._ceilings_lock:
             # Under this lock no batch is between reading the log and knowing the ceiling: one
             # read before is of entries committed before `head` was read.
-            head = self.log.head()
+            head = self.log.heads()[0]
             self._ceilings.append(head)
         try:
             with self._ceilings_changed:
@@ -318,7 +368,7 @@ class Processor:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"processing reached {self.position} of {head}")
                 try:
-                    self._run_once(BATCH_ENTRIES)
+                    self._run_once(0, BATCH_ENTRIES)
                 except StoreUnavailable as exc:
                     if time.monotonic() >= deadline:
                         raise TimeoutError(f"processing is stalled: {exc}") from None

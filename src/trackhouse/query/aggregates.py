@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import msgspec
 
 from trackhouse.query.filters import Condition, FilterError, as_datetime
-from trackhouse.store.sqlite import EventQuery, EventRow, SQLiteStore
+from trackhouse.store.base import EventQuery, EventRow, Store
 
 MAX_BUCKETS = 10_000
 CHUNK = 10_000
@@ -196,14 +196,14 @@ def _range(conditions: list[Condition]) -> tuple[int, int, list[Condition]]:
     return since, until, rest
 
 
-def _rows(store: SQLiteStore, query: EventQuery) -> Iterator[EventRow]:
+def _rows(store: Store, query: EventQuery) -> Iterator[EventRow]:
     """Every matching row, fetched a chunk at a time (no long-held read lock)."""
     while True:
         rows = store.events(query)
         yield from rows
         if len(rows) < query.limit:
             return
-        query.after = (rows[-1].time, rows[-1].rowid)
+        query.after = (rows[-1].time, rows[-1].number)
 
 
 def _dimension(row: EventRow, properties: dict[str, Any], name: str) -> str:
@@ -215,7 +215,7 @@ def _dimension(row: EventRow, properties: dict[str, Any], name: str) -> str:
 
 
 def aggregate(
-    store: SQLiteStore,
+    store: Store,
     account_id: str,
     *,
     metric_id: str,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from trackhouse.store.sqlite import EventRow, MetricRow, event_id
+from trackhouse.store.base import EventRow, MetricRow, event_id
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
@@ -25,12 +25,12 @@ _GREGORIAN_OFFSET = 12_219_292_800  # seconds from 1582-10-15 to 1970-01-01
 _MULTICAST = 1 << 40  # the node bit that says "not a real MAC address" (RFC 9562 § 6.10)
 
 
-def event_uuid(time: int, rowid: int) -> str:
+def event_uuid(time: int, number: int) -> str:
     """A time-based (version 1) UUID, as Klaviyo's are: its timestamp is the event's time, and
-    its clock sequence and node hold the rowid (61 bits), so it is stable and unique per event."""
+    its clock sequence and node hold the number (61 bits), so it is stable and unique per event."""
     ticks = ((time + _GREGORIAN_OFFSET) * 10_000_000) & ((1 << 60) - 1)
-    clock_seq = (rowid >> 40) & 0x3FFF  # rowid bits 40-53
-    node = (rowid & ((1 << 40) - 1)) | _MULTICAST | (((rowid >> 54) & 0x7F) << 41)
+    clock_seq = (number >> 40) & 0x3FFF  # number bits 40-53
+    node = (number & ((1 << 40) - 1)) | _MULTICAST | (((number >> 54) & 0x7F) << 41)
     return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 (faster than f-strings with specs)
         ticks & 0xFFFFFFFF,
         (ticks >> 32) & 0xFFFF,
@@ -61,13 +61,13 @@ def event_properties(row: EventRow) -> msgspec.Raw | dict[str, Any]:
 
 
 def event_resource(row: EventRow, base: str, *, legacy: bool) -> dict[str, Any]:
-    eid = event_id(row.rowid)
+    eid = event_id(row.number)
     moment = datetime.fromtimestamp(row.time, UTC)
     attributes: dict[str, Any] = {
         "timestamp": row.time,
         "event_properties": event_properties(row),
         "datetime": moment.isoformat(),
-        "uuid": event_uuid(row.time, row.rowid),
+        "uuid": event_uuid(row.time, row.number),
     }
     self_url = f"{base}/api/events/{eid}"
     if legacy:

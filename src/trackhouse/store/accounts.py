@@ -1,4 +1,5 @@
-"""Accounts and API keys (embedded SQLite store).
+"""Accounts and API keys, over the named queries of a backend (`sqlite/accounts.py`,
+`postgres/accounts.py`).
 
 An account is identified by its public key, a 6-character company id, as in Klaviyo. Private
 keys (`pk_…`) are stored only as SHA-256 digests: they are 136 random bits, so a fast digest
@@ -9,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import string
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 # Scopes as Klaviyo names them (x-klaviyo-scopes in the OpenAPI files).
 ALL_SCOPES: tuple[str, ...] = (
@@ -29,22 +28,6 @@ ALL_SCOPES: tuple[str, ...] = (
 # Test control (wait for processing, reset an account): never part of an ordinary key.
 ADMIN_SCOPE = "trackhouse:admin"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    id TEXT PRIMARY KEY,          -- the public key / company id
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    account_id TEXT NOT NULL REFERENCES accounts(id),
-    key_hash TEXT NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,         -- shown in listings so a key can be recognised
-    label TEXT NOT NULL DEFAULT '',
-    scopes TEXT NOT NULL,         -- space separated
-    created_at TEXT NOT NULL,
-    revoked_at TEXT
-);
-"""
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # How long a successful key lookup is trusted before the database is asked again, so that a
@@ -80,44 +63,40 @@ class ApiKey:
 
 
 class AccountStore:
-    def __init__(self, path: Path) -> None:
-        # The processor writes the same file in batches; wait for it rather than fail.
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
+    """The rules (hashing, the key cache, ensuring pinned keys); a backend supplies `_fetch`
+    and `_execute`, which run its query of that name with `args`."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._known_accounts: set[str] = set()  # accounts are never deleted, so this is safe
 
+    def _fetch(self, query: str, args: tuple[object, ...] = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _execute(self, query: str, args: tuple[object, ...] = ()) -> int:
+        """Run a write; how many rows it changed."""
+        raise NotImplementedError
+
     def close(self) -> None:
-        self._conn.close()
+        raise NotImplementedError
 
     # -- accounts -------------------------------------------------------------------------
 
     def account_ids(self) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute("SELECT id FROM accounts ORDER BY created_at, id").fetchall()
-        return [r[0] for r in rows]
+        return [r[0] for r in self._fetch("account_ids")]
 
     def account_exists(self, account_id: str) -> bool:
         if account_id in self._known_accounts:
             return True
-        with self._lock:
-            row = self._conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,))
-            found = row.fetchone() is not None
+        found = bool(self._fetch("account_exists", (account_id,)))
         if found:
             self._known_accounts.add(account_id)
         return found
 
     def create_account(self, public_key: str | None = None) -> str:
         account_id = public_key or new_public_key()
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO accounts (id, created_at) VALUES (?, ?)",
-                (account_id, _now()),
-            )
+        self._execute("create_account", (account_id, _now()))
         return account_id
 
     # -- keys -----------------------------------------------------------------------------
@@ -140,61 +119,42 @@ class AccountStore:
             created_at=_now(),
             revoked_at=None,
         )
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO api_keys (id, account_id, key_hash, prefix, label, scopes, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.id,
-                    account_id,
-                    hash_key(secret),
-                    key.prefix,
-                    label,
-                    " ".join(sorted(key.scopes)),
-                    key.created_at,
-                ),
-            )
+        row = (
+            key.id,
+            account_id,
+            hash_key(secret),
+            key.prefix,
+            label,
+            " ".join(sorted(key.scopes)),
+        )
+        self._execute("create_key", (*row, key.created_at))
         return secret, key
 
     def ensure_key(
         self, account_id: str, private_key: str, scopes: tuple[str, ...] = ALL_SCOPES
     ) -> None:
         """Make sure this exact key exists, active with exactly `scopes`, for the account."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT account_id FROM api_keys WHERE key_hash = ?", (hash_key(private_key),)
-            ).fetchone()
-            if row is not None:
-                if row[0] != account_id:
-                    raise ValueError("that private key belongs to another account")
-                self._conn.execute(
-                    "UPDATE api_keys SET revoked_at = NULL, scopes = ? WHERE key_hash = ?",
-                    (" ".join(sorted(scopes)), hash_key(private_key)),
-                )
-                self._cache.clear()
-                return
+        digest = hash_key(private_key)
+        rows = self._fetch("key_account", (digest,))
+        if rows:
+            if rows[0][0] != account_id:
+                raise ValueError("that private key belongs to another account")
+            self._execute("restore_key", (" ".join(sorted(scopes)), digest))
+            self._cache.clear()
+            return
         self.create_key(
             account_id, frozenset(scopes), label="from environment", private_key=private_key
         )
 
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
-        sql = "SELECT id, account_id, prefix, label, scopes, created_at, revoked_at FROM api_keys"
-        args: tuple[str, ...] = ()
         if account_id:
-            sql += " WHERE account_id = ?"
-            args = (account_id,)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [_key_from_row(r) for r in rows]
+            return [_key_from_row(r) for r in self._fetch("account_keys", (account_id,))]
+        return [_key_from_row(r) for r in self._fetch("all_keys")]
 
     def revoke_key(self, key_id: str) -> bool:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (_now(), key_id),
-            )
+        changed = self._execute("revoke_key", (_now(), key_id))
         self._cache.clear()
-        return cur.rowcount == 1
+        return changed == 1
 
     def authenticate(self, private_key: str) -> ApiKey | None:
         """The active key record for a private key, or None."""
@@ -203,16 +163,11 @@ class AccountStore:
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < KEY_CACHE_SECONDS:
             return hit[1]
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT id, account_id, prefix, label, scopes, created_at, revoked_at"
-                " FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                (digest,),
-            ).fetchone()
-        if row is None:
+        rows = self._fetch("active_key", (digest,))
+        if not rows:
             self._cache.pop(digest, None)
             return None
-        key = _key_from_row(row)
+        key = _key_from_row(rows[0])
         if len(self._cache) > 10_000:  # bound memory, whatever the number of keys
             self._cache.clear()
         self._cache[digest] = (now, key)

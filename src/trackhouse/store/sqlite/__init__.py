@@ -3,37 +3,11 @@
 `SQLiteWriter` (`writer.py`: the named operations of a batch transaction)."""
 
 from trackhouse.store.sqlite.store import (
-    MAX_ROWID,
-    OUTCOMES,
     SCHEMA,
-    EventQuery,
-    EventRow,
-    MetricRow,
-    Outcome,
     ProcessingClaim,
     ProcessorRunning,
-    ProfileQuery,
     SQLiteStore,
-    event_id,
-    event_rowid,
-    pack_results,
 )
 from trackhouse.store.sqlite.writer import SQLiteWriter
 
-__all__ = [
-    "MAX_ROWID",
-    "OUTCOMES",
-    "SCHEMA",
-    "EventQuery",
-    "EventRow",
-    "MetricRow",
-    "Outcome",
-    "ProcessingClaim",
-    "ProcessorRunning",
-    "ProfileQuery",
-    "SQLiteStore",
-    "SQLiteWriter",
-    "event_id",
-    "event_rowid",
-    "pack_results",
-]
+__all__ = ["SCHEMA", "ProcessingClaim", "ProcessorRunning", "SQLiteStore", "SQLiteWriter"]

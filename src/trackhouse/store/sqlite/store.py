@@ -13,17 +13,25 @@ import os
 import socket
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from trackhouse.identifiers import email_key
+from trackhouse.store.base import (
+    OUTCOMES,
+    EventQuery,
+    EventRow,
+    MetricRow,
+    Outcome,
+    ProfileQuery,
+    outcomes_of,
+    unpack_results,
+)
 
 if TYPE_CHECKING:
     from trackhouse.store.sqlite.writer import SQLiteWriter
 from trackhouse.log import EventLog, LogMismatch
+from trackhouse.store import ProcessorRunning, ResetElsewhere
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
@@ -89,124 +97,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
     job_id TEXT,
     receipt_id TEXT,
     profile_id TEXT,               -- the profile the submission resolved to
-    results BLOB NOT NULL,         -- msgpack [[outcome, event rowid, detail], ...] by event
+    results BLOB NOT NULL,         -- msgpack [[outcome, event number, detail], ...] by event
     job_group INTEGER              -- a bulk job's profile group: its index in the request
 );
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
 
+POSITION = "processor"  # the positions row of the embedded log's one partition
 # How identifier rows are keyed: "2" is trackhouse.identifiers (normalized, lower-cased
 # emails); stores without the mark were keyed by lower() alone and are re-keyed on opening.
 IDENTIFIER_KEYS = "2"
-MAX_ROWID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer
-# Event ids on the wire are the rowid in base 62: short like Klaviyo's, stable across restarts.
-_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def event_id(rowid: int) -> str:
-    out = ""
-    while True:
-        rowid, rest = divmod(rowid, 62)
-        out = _DIGITS[rest] + out
-        if not rowid:
-            return out
-
-
-OUTCOMES = ("stored", "deduplicated", "rejected")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one event (or of a profile-only submission, as index 0)."""
-
-    seq: int
-    idx: int
-    outcome: str  # stored, deduplicated, rejected
-    profile_id: str | None
-    event_rowid: int | None  # the stored event, or the one a duplicate matched
-    detail: str | None  # why rejected, the dedup key, identifier conflicts
-    # A bulk job's profile group (its index in the request); None for other submissions, and
-    # for outcomes stored before it was recorded (their groups had consecutive log positions).
-    job_group: int | None = None
-
-
-def pack_results(results: list[tuple[str, int | None, str | None]]) -> bytes:
-    return _pack(results)
-
-
-def _unpack_rows(rows: list[tuple]) -> list[Outcome]:
-    return [
-        Outcome(seq, idx, outcome, profile_id, rowid, detail, group)
-        for seq, profile_id, blob, group in rows
-        for idx, (outcome, rowid, detail) in enumerate(_unpack(blob))
-    ]
-
-
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(list[tuple[str, int | None, str | None]]).decode
-
-
-def event_rowid(event_id: str) -> int | None:
-    """The rowid of an event id from `event_id()`, or None if it cannot be one."""
-    if not 0 < len(event_id) <= 11:
-        return None
-    value = 0
-    for char in event_id:
-        digit = _DIGITS.find(char)
-        if digit < 0:
-            return None
-        value = value * 62 + digit
-    # Eleven base-62 digits (the shape of Klaviyo's ids) reach past 2**63: no rowid is there.
-    return value if value <= MAX_ROWID else None
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    rowid: int
-    profile_id: str
-    metric_id: str
-    time: int
-    dedup_key: str
-    value: float | None
-    value_currency: str | None
-    properties: bytes  # JSON
-
-
-@dataclass(frozen=True, slots=True)
-class MetricRow:
-    id: str
-    name: str
-    service: str
-    created: str
-
-
-@dataclass
-class EventQuery:
-    """A page of an account's events: filters, order and where the page starts."""
-
-    account_id: str
-    metric_id: str | None = None
-    profile_id: str | None = None
-    since: int | None = None  # time >= since
-    until: int | None = None  # time < until
-    descending: bool = False
-    after: tuple[int, int] | None = None  # (time, rowid) of the row before this page
-    limit: int = 200
-
-
-@dataclass
-class ProfileQuery:
-    """Order and time filters of a profile listing (ISO 8601 strings compare in order)."""
-
-    sort: str = "id"  # id, created or updated
-    descending: bool = False
-    created_since: str | None = None
-    created_until: str | None = None
-    updated_since: str | None = None
-    updated_until: str | None = None
-
-
 _EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
@@ -215,10 +116,6 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # the log is the durable record; see Processor
     return conn
-
-
-class ProcessorRunning(Exception):
-    """Another process is processing into this store."""
 
 
 class ProcessingClaim:
@@ -241,6 +138,9 @@ class ProcessingClaim:
         self._file.truncate(0)
         self._file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         self._file.flush()
+
+    def partitions(self) -> list[int]:
+        return [0]  # the embedded log has one
 
     def release(self) -> None:
         if not self._file.closed:
@@ -315,11 +215,11 @@ class SQLiteStore:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
-    def bind_log(self, log: EventLog, log_name: str) -> None:
+    def bind_log(self, log: EventLog, log_name: str) -> None:  # the embedded, one-partition log
         """Record the log this store is built from on first use; afterwards refuse any other
         log, and a log whose head is behind what this store has processed (an older copy).
         Raises LogMismatch with what was found and what to do."""
-        identity, head = log.identity, log.head()
+        identity, head = log.identity, log.heads()[0]
         position = self.position()
         with self._lock:
             (bound,) = self._conn.execute(
@@ -359,7 +259,7 @@ class SQLiteStore:
         if not rows:
             return  # nothing left to compare (reset since): trust the position check
         seq, account_id, job_id, receipt_id = rows[0]
-        entries = log.read(seq - 1, 1)
+        entries = log.read(0, seq - 1, 1)
         found = entries[0] if entries and entries[0].seq == seq else None
         if found is None or (
             found.submission.account_id,
@@ -379,9 +279,16 @@ class SQLiteStore:
         refused at once (ProcessorRunning, naming the process that holds the claim)."""
         return ProcessingClaim(self.path.with_name(self.path.name + ".processor.lock"))
 
-    def position(self, name: str = "processor") -> int:
-        rows = self._all("SELECT seq FROM positions WHERE name = ?", (name,))
+    def position(self) -> int:
+        rows = self._all("SELECT seq FROM positions WHERE name = ?", (POSITION,))
         return rows[0][0] if rows else 0
+
+    def positions(self) -> dict[int, int]:
+        """The one partition of the embedded log."""
+        return {0: self.position()}
+
+    def unprocessed(self, log: EventLog) -> int:
+        return log.committed - self.position()  # the log's one writer is this process
 
     def job_outcomes(self, account_id: str, job_id: str) -> list[Outcome]:
         rows = self._all(
@@ -389,7 +296,7 @@ class SQLiteStore:
             " WHERE job_id = ? AND account_id = ? ORDER BY seq",
             (job_id, account_id),
         )
-        return _unpack_rows(rows)
+        return outcomes_of(rows)
 
     def receipt_outcomes(self, account_id: str, receipt_id: str) -> list[Outcome]:
         rows = self._all(
@@ -397,14 +304,14 @@ class SQLiteStore:
             " WHERE receipt_id = ? AND account_id = ?",
             (receipt_id, account_id),
         )
-        return _unpack_rows(rows)
+        return outcomes_of(rows)
 
     def outcome_counts(self) -> dict[str, int]:
         """Events per outcome over the whole store (tests and benchmarks)."""
         counts = dict.fromkeys(OUTCOMES, 0)
         with self._lock:
             for (blob,) in self._conn.execute("SELECT results FROM outcomes"):
-                for outcome, _, _ in _unpack(blob):
+                for outcome, _, _ in unpack_results(blob):
                     counts[outcome] += 1
         return counts
 
@@ -440,10 +347,10 @@ class SQLiteStore:
         )
         return [EventRow(*r) for r in self._all(sql, (*args, q.limit))]
 
-    def event(self, account_id: str, rowid: int) -> EventRow | None:
+    def event(self, account_id: str, number: int) -> EventRow | None:
         rows = self._all(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid = ? AND account_id = ?",
-            (rowid, account_id),
+            (number, account_id),
         )
         return EventRow(*rows[0]) if rows else None
 
@@ -515,6 +422,9 @@ class SQLiteStore:
             f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT ?"
         )
         return [doc for _, doc, _ in self._all(sql, (*args, limit))]
+
+    def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
+        raise ResetElsewhere  # the processor holds itself (Processor.reset_account)
 
     def reset_position(self, account_id: str) -> int:
         """The log position of the account's last reset (0 if never): what was accepted up to

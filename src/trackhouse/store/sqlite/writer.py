@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from trackhouse.store import StoreUnavailable
-from trackhouse.store.sqlite.store import connect
+from trackhouse.store import ProcessingFenced, StoreUnavailable
+from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
+from trackhouse.store.sqlite.store import POSITION, connect
 
-ProfileRow = tuple[str, str, bytes, str, str, int | None]  # id, account, doc, created, updated, …
-# seq, account, job, receipt, profile, packed results, bulk group
-OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes, int | None]
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
 
 
@@ -45,6 +43,8 @@ _storage_errors = _StorageErrors()
 
 
 class SQLiteWriter:
+    shared = False  # one processor per store (ProcessingClaim): what it read stays true
+
     def __init__(self, path: Path) -> None:
         self.conn = connect(path)
 
@@ -138,7 +138,7 @@ class SQLiteWriter:
 
     # -- events, outcomes, position ------------------------------------------------------
 
-    def insert_events(self, rows: list[tuple[Any, ...]]) -> int:
+    def insert_events(self, rows: list[EventInsert]) -> int:
         """Insert the event rows the dedup key lets in (the first processed wins); how many."""
         conn = self.conn
         before = conn.total_changes
@@ -176,14 +176,29 @@ class SQLiteWriter:
                 rows,
             )
 
-    def advance(self, name: str, seq: int) -> None:
-        """The log position `name` has processed up to, in the batch's own transaction."""
+    def processed_position(self, partition: int) -> int:
         with _storage_errors:
-            self.conn.execute(
-                "INSERT INTO positions VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-                (name, seq),
-            )
+            row = self.conn.execute(
+                "SELECT seq FROM positions WHERE name = ?", (POSITION,)
+            ).fetchone()
+        return 0 if row is None else row[0]
+
+    def ceiling(self, partition: int) -> int | None:
+        return None  # the embedded store's resets hold the processor in its own process
+
+    def advance(self, partition: int, old: int, new: int) -> None:
+        """The position the log has been processed up to, in the batch's own transaction."""
+        with _storage_errors:
+            if old == 0:
+                self.conn.execute(
+                    "INSERT INTO positions VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                    (POSITION,),
+                )
+            moved = self.conn.execute(
+                "UPDATE positions SET seq = ? WHERE name = ? AND seq = ?", (new, POSITION, old)
+            ).rowcount
+        if moved != 1:
+            raise ProcessingFenced(f"the position is no longer {old}")
 
     def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
         """Delete the account's processed data (test control); jobs and receipts up to log

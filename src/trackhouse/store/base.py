@@ -1,0 +1,276 @@
+"""What every store backend offers, and the shapes it answers in.
+
+`Store` is what the API and the query layer read; `StoreWriter` is the processor's batch
+transaction, as named domain operations (claim an identifier, insert events with their dedup
+result, record outcomes, advance the position) — never SQL. `store/sqlite/` and
+`store/postgres/` implement both; `trackhouse.backends` picks one.
+
+Events are numbered `entry * EVENTS_PER_ENTRY + index`, where `entry` is the log entry's
+number (unique in its log, whichever partition holds it): the event's id on the wire is that
+number in base 62 (`event_id`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from trackhouse.log import EventLog
+
+MAX_EVENT_NUMBER = 2**63 - 1  # SQLite's and PostgreSQL's largest integer
+# A submission holds at most this many events; its events are numbered from entry * this.
+EVENTS_PER_ENTRY = 1000
+# Event ids on the wire are the event number in base 62: short like Klaviyo's, stable.
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def event_id(number: int) -> str:
+    out = ""
+    while True:
+        number, rest = divmod(number, 62)
+        out = _DIGITS[rest] + out
+        if not number:
+            return out
+
+
+def event_number(event_id: str) -> int | None:
+    """The number of an event id from `event_id()`, or None if it cannot be one."""
+    if not 0 < len(event_id) <= 11:
+        return None
+    value = 0
+    for char in event_id:
+        digit = _DIGITS.find(char)
+        if digit < 0:
+            return None
+        value = value * 62 + digit
+    # Eleven base-62 digits (the shape of Klaviyo's ids) reach past 2**63: no event is there.
+    return value if value <= MAX_EVENT_NUMBER else None
+
+
+OUTCOMES = ("stored", "deduplicated", "rejected")
+Result = tuple[str, int | None, str | None]  # outcome, event number, detail
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one event (or of a profile-only submission, as index 0)."""
+
+    seq: int  # the log entry's number
+    idx: int
+    outcome: str  # stored, deduplicated, rejected
+    profile_id: str | None
+    event_number: int | None  # the stored event, or the one a duplicate matched
+    detail: str | None  # why rejected, the dedup key, identifier conflicts
+    # A bulk job's profile group (its index in the request); None for other submissions, and
+    # for outcomes stored before it was recorded (their groups had consecutive log positions).
+    job_group: int | None = None
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[str, int | None, str | None]]).decode
+
+
+def pack_results(results: list[Result]) -> bytes:
+    """An entry's outcomes, one row per entry: one per event would cost as much as the event."""
+    return _pack(results)
+
+
+def unpack_results(blob: bytes) -> list[Result]:
+    return _unpack(blob)
+
+
+def outcomes_of(rows: list[tuple[Any, ...]]) -> list[Outcome]:
+    """Outcomes from rows of (entry, profile id, packed results, bulk group)."""
+    return [
+        Outcome(seq, idx, outcome, profile_id, number, detail, group)
+        for seq, profile_id, blob, group in rows
+        for idx, (outcome, number, detail) in enumerate(_unpack(bytes(blob)))
+    ]
+
+
+# entry, account, job, receipt, profile, packed results, bulk group
+OutcomeRow = tuple[int, str, str | None, str | None, str | None, bytes, int | None]
+# id, account, document, created, updated, last event time
+ProfileRow = tuple[str, str, bytes, str, str, int | None]
+# number, account, profile, metric, time, dedup key, value, currency, backfill, properties,
+# received at
+EventInsert = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    number: int
+    profile_id: str
+    metric_id: str
+    time: int
+    dedup_key: str
+    value: float | None
+    value_currency: str | None
+    properties: bytes  # JSON
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    id: str
+    name: str
+    service: str
+    created: str
+
+
+@dataclass
+class EventQuery:
+    """A page of an account's events: filters, order and where the page starts."""
+
+    account_id: str
+    metric_id: str | None = None
+    profile_id: str | None = None
+    since: int | None = None  # time >= since
+    until: int | None = None  # time < until
+    descending: bool = False
+    after: tuple[int, int] | None = None  # (time, number) of the row before this page
+    limit: int = 200
+
+
+@dataclass
+class ProfileQuery:
+    """Order and time filters of a profile listing (ISO 8601 strings compare in order)."""
+
+    sort: str = "id"  # id, created or updated
+    descending: bool = False
+    created_since: str | None = None
+    created_until: str | None = None
+    updated_since: str | None = None
+    updated_until: str | None = None
+
+
+class ProcessingClaim(Protocol):
+    """The right to process some of the log's partitions into the store."""
+
+    def partitions(self) -> list[int]:
+        """The partitions held now (a shared log's are rebalanced as workers come and go)."""
+
+    def release(self) -> None: ...
+
+
+class StoreWriter(Protocol):
+    """The processor's connection: one batch transaction at a time."""
+
+    # True when other processors write the same store: nothing read may be kept past the
+    # transaction it was read in (identity caches are dropped at every batch).
+    shared: bool
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All or nothing: committed when the block ends, rolled back if it raises."""
+
+    def busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another writer's lock before StoreUnavailable."""
+
+    def identifier_owner(self, account_id: str, kind: str, key: str) -> str | None: ...
+
+    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        """StoreConflict when another profile has it (claimed concurrently)."""
+
+    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        """Only the profile's own claim: never another profile's row under the same key."""
+
+    def profile_doc(self, account_id: str, profile_id: str) -> bytes | None: ...
+
+    def save_profiles(self, rows: list[ProfileRow]) -> None:
+        """Write profiles back; StoreConflict if one read in this transaction was changed by
+        another writer since (its version moved)."""
+
+    def metric_id(self, account_id: str, name: str, service: str) -> str | None: ...
+
+    def metric_count(self, account_id: str) -> int: ...
+
+    def add_metric(
+        self, metric_id: str, account_id: str, name: str, service: str, created: str
+    ) -> bool:
+        """False when the id is taken already (the caller draws another)."""
+
+    def insert_events(self, rows: list[EventInsert]) -> int:
+        """Insert the event rows the dedup key lets in (the first committed wins); how many."""
+
+    def stored_event_ids(self, first: int, last: int) -> set[int]:
+        """Which of the event numbers first..last are stored."""
+
+    def event_with_key(self, account_id: str, profile_id: str, metric_id: str, key: str) -> int:
+        """The number of the stored event with this dedup key (the one a duplicate repeats)."""
+
+    def record_outcomes(self, rows: list[OutcomeRow]) -> None: ...
+
+    def advance(self, partition: int, old: int, new: int) -> None:
+        """Move the partition's processed position from `old` to `new`, in the batch's
+        transaction; ProcessingFenced if it is not at `old` (another worker moved it)."""
+
+    def processed_position(self, partition: int) -> int:
+        """The partition's position as committed (read when a partition is taken on)."""
+
+    def ceiling(self, partition: int) -> int | None:
+        """The position past which a reset in progress holds the partition's processing."""
+
+    def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
+        """Delete the account's processed data (test control); rows per table."""
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Reads for the API and the query layer, and what starts processing."""
+
+    def writer(self) -> StoreWriter: ...
+
+    def claim_processing(self) -> ProcessingClaim: ...
+
+    def bind_log(self, log: EventLog, log_name: str) -> None:
+        """Refuse a log this store was not built from (LogMismatch)."""
+
+    def positions(self) -> dict[int, int]:
+        """Every partition's processed position."""
+
+    def unprocessed(self, log: EventLog) -> int:
+        """Log entries committed (by any API process) and not processed yet."""
+
+    def job_outcomes(self, account_id: str, job_id: str) -> list[Outcome]: ...
+
+    def receipt_outcomes(self, account_id: str, receipt_id: str) -> list[Outcome]: ...
+
+    def outcome_counts(self) -> dict[str, int]: ...
+
+    def profile(self, account_id: str, profile_id: str) -> bytes | None: ...
+
+    def events(self, q: EventQuery) -> list[EventRow]: ...
+
+    def event(self, account_id: str, number: int) -> EventRow | None: ...
+
+    def metrics(
+        self,
+        account_id: str,
+        ids: list[str] | None = None,
+        after: str | None = None,
+        limit: int = 200,
+    ) -> list[MetricRow]: ...
+
+    def profiles(
+        self,
+        account_id: str,
+        ids: list[str] | None = None,
+        identifiers: tuple[str, list[str]] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        q: ProfileQuery | None = None,
+    ) -> list[bytes]: ...
+
+    def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
+        """Delete what the account had accepted when called, once every worker has processed
+        it, holding processing of later entries meanwhile (test control); rows per table.
+        TimeoutError past `deadline` (time.monotonic()), with nothing deleted; ResetElsewhere
+        where only the processor's process can reset."""
+
+    def reset_position(self, account_id: str) -> int:
+        """The log position of the account's last reset (0 if never)."""
+
+    def close(self) -> None: ...

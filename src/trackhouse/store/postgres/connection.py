@@ -1,0 +1,90 @@
+"""Connections to PostgreSQL, and psycopg's errors turned into trackhouse's at the seam.
+
+A lost server, a refused connection or a lock wait past its timeout is storage trouble
+(StoreUnavailable: retried, never a rejection); a deadlock, a serialization failure or a unique
+key taken by a concurrent transaction is a lost race (StoreConflict: redone at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool
+
+from trackhouse.store import StoreConflict, StoreUnavailable
+
+# A worker or API host that vanishes (a cut link) must not keep its locks for the kernel's
+# two hours of TCP keepalive: the server drops its session within about 15 s.
+SESSION_OPTIONS = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+CONNECT_TIMEOUT = 5
+_CONFLICTS = (errors.DeadlockDetected, errors.SerializationFailure, errors.UniqueViolation)
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _CONFLICTS as exc:
+        raise StoreConflict(str(exc).strip()) from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError, errors.LockNotAvailable) as exc:
+        raise StoreUnavailable(str(exc).strip()) from exc
+
+
+def connect(url: str, autocommit: bool = False) -> psycopg.Connection[Any]:
+    with storage_errors():
+        return psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, options=SESSION_OPTIONS
+        )
+
+
+def pool(url: str, max_size: int = 4) -> ConnectionPool:
+    """Autocommit connections for reads, checked before use and replaced when lost."""
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "options": SESSION_OPTIONS,
+        },
+        check=ConnectionPool.check_connection,
+        open=True,
+        timeout=10,
+        name="trackhouse",
+    )
+
+
+def has_nul(args: tuple[Any, ...] | list[Any]) -> bool:
+    """A text value PostgreSQL cannot hold (NUL): such a key matches no stored row."""
+    for a in args:
+        if isinstance(a, str) and "\x00" in a:
+            return True
+        if isinstance(a, list | tuple) and has_nul(a):
+            return True
+    return False
+
+
+class Reader:
+    """Queries on a pool, with errors wrapped; a text argument holding NUL finds nothing."""
+
+    def __init__(self, url: str, max_size: int = 4) -> None:
+        with storage_errors():
+            self.pool = pool(url, max_size)
+
+    def all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        if has_nul(args):
+            return []
+        with storage_errors(), self.pool.connection() as conn:
+            return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+    def run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> int:
+        with storage_errors(), self.pool.connection() as conn:
+            return conn.execute(sql, args).rowcount  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,186 @@
+"""The PostgreSQL schema: the log, the store, accounts, and who processes what.
+
+Text sorts and compares by code point (COLLATE "C"), as SQLite's does, whatever the
+database's locale. User-given keys that may hold any character (identifier values, metric
+names, dedup keys, currencies) are `bytea`: PostgreSQL's text cannot hold NUL, and a Klaviyo
+`unique_id` can.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+SCHEMA_VERSION = "1"
+# The log's partitions: entries are spread over them by account and person, and each is
+# processed in order by one worker at a time. More partitions than workers lets work be
+# shared out evenly; the count is fixed when the schema is created.
+DEFAULT_PARTITIONS = 16
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trackhouse_meta (
+    key text COLLATE "C" PRIMARY KEY,
+    value text COLLATE "C" NOT NULL
+);
+
+-- The log: per-partition heads, locked in partition order by each appending transaction, so
+-- positions are given in commit order with no gaps (the sequence-gap hazard); `seq` numbers
+-- an entry across partitions (outcomes, event ids) and may have gaps.
+CREATE TABLE IF NOT EXISTS log_heads (partition integer PRIMARY KEY, head bigint NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS log_entry_numbers;
+CREATE TABLE IF NOT EXISTS log_entries (
+    partition integer NOT NULL,
+    position bigint NOT NULL,
+    seq bigint NOT NULL,
+    account_id text COLLATE "C" NOT NULL,
+    receipt_id text COLLATE "C",
+    received_at double precision NOT NULL,
+    submission bytea NOT NULL,
+    PRIMARY KEY (partition, position)
+) PARTITION BY LIST (partition);
+CREATE INDEX IF NOT EXISTS log_entries_receipt ON log_entries (receipt_id)
+    WHERE receipt_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS log_jobs (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    created_at text COLLATE "C" NOT NULL,
+    event_count integer NOT NULL,
+    submission_count integer NOT NULL,
+    first_seq bigint NOT NULL
+);
+
+-- Processing: each partition's position, its current owner (a lease), and the workers.
+CREATE TABLE IF NOT EXISTS positions (partition integer PRIMARY KEY, position bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS partition_owners (
+    partition integer PRIMARY KEY,
+    owner text COLLATE "C",
+    expires double precision NOT NULL DEFAULT 0  -- the database's epoch seconds
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id text COLLATE "C" PRIMARY KEY,
+    host text COLLATE "C" NOT NULL,
+    seen double precision NOT NULL
+);
+-- A reset in progress holds each partition's processing at the head it saw (test control).
+CREATE TABLE IF NOT EXISTS holds (
+    reset_id text COLLATE "C" NOT NULL,
+    partition integer NOT NULL,
+    ceiling bigint NOT NULL,
+    expires double precision NOT NULL,
+    PRIMARY KEY (reset_id, partition)
+);
+
+CREATE TABLE IF NOT EXISTS profiles (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    doc bytea NOT NULL,
+    created text COLLATE "C" NOT NULL,
+    updated text COLLATE "C" NOT NULL,
+    last_event_time bigint,
+    version bigint NOT NULL  -- a write checks the version it read (lost updates otherwise)
+);
+CREATE INDEX IF NOT EXISTS profiles_account ON profiles (account_id, id);
+CREATE INDEX IF NOT EXISTS profiles_created ON profiles (account_id, created, id);
+CREATE INDEX IF NOT EXISTS profiles_updated ON profiles (account_id, updated, id);
+CREATE TABLE IF NOT EXISTS identifiers (
+    account_id text COLLATE "C" NOT NULL,
+    kind text COLLATE "C" NOT NULL,
+    value bytea NOT NULL,
+    profile_id text COLLATE "C" NOT NULL,
+    PRIMARY KEY (account_id, kind, value)  -- an identifier belongs to one profile
+);
+CREATE INDEX IF NOT EXISTS identifiers_profile ON identifiers (profile_id);
+CREATE TABLE IF NOT EXISTS metrics (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    name bytea NOT NULL,
+    service bytea NOT NULL,
+    created text COLLATE "C" NOT NULL,
+    UNIQUE (account_id, name, service)
+);
+CREATE TABLE IF NOT EXISTS events (
+    number bigint PRIMARY KEY,     -- log seq * 1000 + index in the submission
+    account_id text COLLATE "C" NOT NULL,
+    profile_id text COLLATE "C" NOT NULL,
+    metric_id text COLLATE "C" NOT NULL,
+    time bigint NOT NULL,
+    dedup_key bytea NOT NULL,      -- unique_id, or the time to the second
+    value double precision,
+    value_currency bytea,
+    backfill boolean NOT NULL,
+    properties bytea NOT NULL,     -- JSON
+    received_at double precision NOT NULL,
+    UNIQUE (account_id, profile_id, metric_id, dedup_key)
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (account_id, time, number);
+CREATE INDEX IF NOT EXISTS events_profile_time ON events (account_id, profile_id, time, number);
+CREATE INDEX IF NOT EXISTS events_metric_time ON events (account_id, metric_id, time, number);
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq bigint PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    job_id text COLLATE "C",
+    receipt_id text COLLATE "C",
+    profile_id text COLLATE "C",
+    results bytea NOT NULL,        -- msgpack [[outcome, event number, detail], ...]
+    job_group integer
+);
+CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS accounts (
+    id text COLLATE "C" PRIMARY KEY,
+    created_at text COLLATE "C" NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL REFERENCES accounts(id),
+    key_hash text COLLATE "C" NOT NULL UNIQUE,
+    prefix text COLLATE "C" NOT NULL,
+    label text COLLATE "C" NOT NULL DEFAULT '',
+    scopes text COLLATE "C" NOT NULL,
+    created_at text COLLATE "C" NOT NULL,
+    revoked_at text COLLATE "C"
+);
+"""
+
+
+class SchemaMismatch(Exception):
+    """The database holds a trackhouse schema this version cannot use."""
+
+
+def migrate(url: str, partitions: int = DEFAULT_PARTITIONS) -> int:
+    """Create the schema, or bring an existing one up to date; safe to run from several
+    processes at once (one waits for the other). Returns the log's partition count."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('trackhouse migrate'))")
+        conn.execute("SET LOCAL client_min_messages = warning")  # "already exists, skipping"
+        conn.execute(SCHEMA)
+        row = conn.execute("SELECT value FROM trackhouse_meta WHERE key = 'partitions'").fetchone()
+        if row is not None:
+            found = int(row[0])
+            version = conn.execute(
+                "SELECT value FROM trackhouse_meta WHERE key = 'schema'"
+            ).fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                raise SchemaMismatch(f"schema version {version} here, {SCHEMA_VERSION} expected")
+            return found
+        for p in range(partitions):
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS log_entries_{p} PARTITION OF log_entries"
+                f" FOR VALUES IN ({p})"
+            )
+        seeds = [(p,) for p in range(partitions)]
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO log_heads VALUES (%s, 0) ON CONFLICT DO NOTHING", seeds)
+            cur.executemany("INSERT INTO positions VALUES (%s, 0) ON CONFLICT DO NOTHING", seeds)
+            cur.executemany(
+                "INSERT INTO partition_owners (partition) VALUES (%s) ON CONFLICT DO NOTHING",
+                seeds,
+            )
+        conn.execute(
+            "INSERT INTO trackhouse_meta VALUES ('partitions', %s), ('schema', %s),"
+            " ('log_identity', %s)",
+            (str(partitions), SCHEMA_VERSION, uuid.uuid4().hex),
+        )
+        return partitions

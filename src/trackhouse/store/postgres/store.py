@@ -1,0 +1,272 @@
+"""Reads of the PostgreSQL store for the API and the query layer, and the cluster-wide reset.
+
+Reads use a small pool of autocommit connections: each query sees what has committed, by any
+worker. A text argument PostgreSQL cannot hold (NUL) finds nothing rather than failing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from trackhouse.log import EventLog
+from trackhouse.store.base import (
+    OUTCOMES,
+    EventQuery,
+    EventRow,
+    MetricRow,
+    Outcome,
+    ProfileQuery,
+    outcomes_of,
+    unpack_results,
+)
+from trackhouse.store.postgres.connection import Reader, connect, storage_errors
+from trackhouse.store.postgres.leases import PartitionLeases
+from trackhouse.store.postgres.writer import TABLES, PostgresWriter
+
+_EVENT_COLUMNS = (
+    "number, profile_id, metric_id, time, convert_from(dedup_key, 'UTF8'), value,"
+    " convert_from(value_currency, 'UTF8'), properties"
+)
+
+
+def _event(row: tuple[Any, ...]) -> EventRow:
+    number, profile_id, metric_id, t, key, value, currency, properties = row
+    return EventRow(number, profile_id, metric_id, t, key, value, currency, bytes(properties))
+
+
+class PostgresStore:
+    def __init__(self, url: str, partitions: int) -> None:
+        self.url = url
+        self.partitions = partitions
+        self.db = Reader(url)
+
+    def writer(self) -> PostgresWriter:
+        return PostgresWriter(self.url)
+
+    def claim_processing(self) -> PartitionLeases:
+        return PartitionLeases(self.url, self.partitions)
+
+    def bind_log(self, log: EventLog, log_name: str) -> None:
+        """The log lives in the same database: they cannot be mismatched."""
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- processing progress ---------------------------------------------------------------
+
+    def positions(self) -> dict[int, int]:
+        return dict(self.db.all("SELECT partition, position FROM positions"))  # type: ignore[arg-type]
+
+    def unprocessed(self, log: EventLog) -> int:
+        rows = self.db.all(
+            "SELECT coalesce(sum(h.head - p.position), 0) FROM log_heads h"
+            " JOIN positions p USING (partition)"
+        )
+        return int(rows[0][0])
+
+    def job_outcomes(self, account_id: str, job_id: str) -> list[Outcome]:
+        rows = self.db.all(
+            "SELECT seq, profile_id, results, job_group FROM outcomes"
+            " WHERE job_id = %s AND account_id = %s ORDER BY seq",
+            (job_id, account_id),
+        )
+        return outcomes_of(rows)
+
+    def receipt_outcomes(self, account_id: str, receipt_id: str) -> list[Outcome]:
+        rows = self.db.all(
+            "SELECT seq, profile_id, results, job_group FROM outcomes"
+            " WHERE receipt_id = %s AND account_id = %s",
+            (receipt_id, account_id),
+        )
+        return outcomes_of(rows)
+
+    def outcome_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for (blob,) in self.db.all("SELECT results FROM outcomes"):
+            for outcome, _, _ in unpack_results(bytes(blob)):
+                counts[outcome] += 1
+        return counts
+
+    def profile(self, account_id: str, profile_id: str) -> bytes | None:
+        rows = self.db.all(
+            "SELECT doc FROM profiles WHERE id = %s AND account_id = %s", (profile_id, account_id)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def reset_position(self, account_id: str) -> int:
+        return 0  # a reset deletes the account's log entries and jobs too
+
+    # -- reads for the query API ---------------------------------------------------------
+
+    def events(self, q: EventQuery) -> list[EventRow]:
+        where = ["account_id = %s"]
+        args: list[Any] = [q.account_id]
+        for column, value in (("metric_id", q.metric_id), ("profile_id", q.profile_id)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if q.since is not None:
+            where.append("time >= %s")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("time < %s")
+            args.append(q.until)
+        if q.after is not None:
+            where.append("(time, number) " + ("<" if q.descending else ">") + " (%s, %s)")
+            args += q.after
+        order = "DESC" if q.descending else "ASC"
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            f" ORDER BY time {order}, number {order} LIMIT %s"
+        )
+        return [_event(r) for r in self.db.all(sql, (*args, q.limit))]
+
+    def event(self, account_id: str, number: int) -> EventRow | None:
+        rows = self.db.all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE number = %s AND account_id = %s",
+            (number, account_id),
+        )
+        return _event(rows[0]) if rows else None
+
+    def metrics(
+        self, account_id: str, ids: list[str] | None = None, after: str | None = None,
+        limit: int = 200,
+    ) -> list[MetricRow]:  # fmt: skip
+        where = ["account_id = %s"]
+        args: list[Any] = [account_id]
+        if ids is not None:
+            where.append("id = ANY(%s)")
+            args.append(ids)
+        if after is not None:
+            where.append("id > %s")
+            args.append(after)
+        sql = (
+            "SELECT id, convert_from(name, 'UTF8'), convert_from(service, 'UTF8'), created"
+            f" FROM metrics WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        )
+        return [MetricRow(*r) for r in self.db.all(sql, (*args, limit))]
+
+    def profiles(
+        self,
+        account_id: str,
+        ids: list[str] | None = None,
+        identifiers: tuple[str, list[str]] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        q: ProfileQuery | None = None,
+    ) -> list[bytes]:
+        q = q or ProfileQuery()
+        where = ["p.account_id = %s"]
+        args: list[Any] = [account_id]
+        for column, low, high in (
+            ("created", q.created_since, q.created_until),
+            ("updated", q.updated_since, q.updated_until),
+        ):
+            if low is not None:
+                where.append(f"p.{column} >= %s")
+                args.append(low)
+            if high is not None:
+                where.append(f"p.{column} < %s")
+                args.append(high)
+        source = "profiles p"
+        if identifiers is not None:
+            kind, values = identifiers
+            source += " JOIN identifiers i ON i.profile_id = p.id AND i.account_id = p.account_id"
+            where.append("i.kind = %s AND i.value = ANY(%s)")
+            args += [kind, [v.encode("utf-8", "surrogatepass") for v in values]]
+        if ids is not None:
+            where.append("p.id = ANY(%s)")
+            args.append(ids)
+        order = "DESC" if q.descending else "ASC"
+        if q.sort == "id":
+            if after is not None:
+                where.append("p.id " + ("<" if q.descending else ">") + " %s")
+                args.append(after)
+            ordering = f"p.id {order}"
+        else:  # created or updated, ties broken by id; `after` is "value|id"
+            if after is not None:
+                value, _, last_id = after.rpartition("|")
+                where.append(f"(p.{q.sort}, p.id) " + ("<" if q.descending else ">") + " (%s, %s)")
+                args += [value, last_id]
+            ordering = f"p.{q.sort} {order}, p.id {order}"
+        sql = (
+            f"SELECT DISTINCT p.id, p.doc, p.{q.sort} FROM {source}"
+            f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT %s"
+        )
+        return [bytes(doc) for _, doc, _ in self.db.all(sql, (*args, limit))]
+
+    # -- test control ----------------------------------------------------------------------
+
+    def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
+        """Hold every partition at its head (waiting for batches and appends in flight, so
+        the heads are exact), wait for the workers to reach them, then delete the account's
+        data, its log entries up to the heads and its jobs in one transaction."""
+        reset_id = uuid.uuid4().hex
+        conn = connect(self.url)
+        try:
+            with storage_errors():
+                _lock_timeout(conn, deadline)
+                with conn.transaction():
+                    conn.execute("SELECT 1 FROM positions ORDER BY partition FOR UPDATE")
+                    heads = dict(
+                        conn.execute(  # type: ignore[arg-type]
+                            "SELECT partition, head FROM log_heads ORDER BY partition FOR SHARE"
+                        ).fetchall()
+                    )
+                    jobs = [
+                        j
+                        for (j,) in conn.execute(
+                            "SELECT id FROM log_jobs WHERE account_id = %s", (account_id,)
+                        )
+                    ]
+                    expires = time.time() + max(1.0, deadline - time.monotonic()) + 5
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            "INSERT INTO holds VALUES (%s, %s, %s, extract(epoch FROM"
+                            " clock_timestamp()) + %s)",
+                            [(reset_id, p, h, expires - time.time()) for p, h in heads.items()],
+                        )
+            try:
+                while any(self.positions().get(p, 0) < h for p, h in heads.items()):
+                    if time.monotonic() >= deadline:
+                        done = sum(min(self.positions().get(p, 0), h) for p, h in heads.items())
+                        raise TimeoutError(f"processing reached {done} of {sum(heads.values())}")
+                    time.sleep(0.02)
+                with storage_errors():
+                    _lock_timeout(conn, deadline)
+                    with conn.transaction():
+                        deleted = {}
+                        for table in TABLES:
+                            deleted[table] = conn.execute(
+                                f"DELETE FROM {table} WHERE account_id = %s", (account_id,)
+                            ).rowcount
+                        with conn.cursor() as cur:
+                            cur.executemany(
+                                "DELETE FROM log_entries WHERE partition = %s"
+                                " AND position <= %s AND account_id = %s",
+                                [(p, h, account_id) for p, h in heads.items()],
+                            )
+                        conn.execute("DELETE FROM log_jobs WHERE id = ANY(%s)", (jobs,))
+                return deleted
+            finally:
+                with storage_errors():
+                    conn.execute("DELETE FROM holds WHERE reset_id = %s", (reset_id,))
+                    conn.commit()
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            from trackhouse.store import StoreUnavailable
+
+            if isinstance(exc, StoreUnavailable):
+                raise TimeoutError(f"the store is unavailable: {exc}") from None
+            raise
+        finally:
+            conn.close()
+
+
+def _lock_timeout(conn: Any, deadline: float) -> None:
+    ms = max(1, int((deadline - time.monotonic()) * 1000))
+    conn.execute(f"SET lock_timeout = {ms}")
+    conn.commit()

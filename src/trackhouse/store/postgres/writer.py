@@ -1,0 +1,248 @@
+"""A worker's batch transaction on PostgreSQL, as the named operations of `StoreWriter`.
+
+Several workers write at once, so what the embedded store's one processor may assume is made
+true by the database: an identifier is claimed by an insert its primary key guards (taken
+meanwhile → StoreConflict, and the batch is redone seeing the other claim); a profile is
+written only at the version it was read at; an event goes in only if its dedup key is free
+(the first to commit wins); and the partition's position moves only from where this worker
+last left it (ProcessingFenced otherwise), first in the transaction, so a worker that lost its
+partition cannot apply a batch twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from trackhouse.store import ProcessingFenced, StoreConflict
+from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
+from trackhouse.store.postgres.connection import connect, has_nul, storage_errors
+
+_CEILING = (
+    "SELECT min(ceiling) FROM holds WHERE partition = %s"
+    " AND expires > extract(epoch FROM clock_timestamp())"
+)
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
+
+
+def _b(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", "surrogatepass")
+
+
+class PostgresWriter:
+    shared = True  # other workers write too: nothing read is kept past its transaction
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = connect(url)
+        self._versions: dict[str, int] = {}  # profiles read in this transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.conn.closed or self.conn.broken:
+            self.conn = connect(self.url)
+        self._versions.clear()
+        with storage_errors(), self.conn.transaction():
+            yield
+
+    def busy_timeout(self, seconds: float) -> None:
+        with storage_errors():
+            self.conn.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+            self.conn.commit()
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        with storage_errors():
+            return self.conn.execute(sql, args).fetchone()
+
+    def _run(self, sql: str, args: tuple[Any, ...]) -> int:
+        with storage_errors():
+            return self.conn.execute(sql, args).rowcount
+
+    # -- identity and profiles -----------------------------------------------------------
+
+    def identifier_owner(self, account_id: str, kind: str, key: str) -> str | None:
+        row = self._one(
+            "SELECT profile_id FROM identifiers WHERE account_id = %s AND kind = %s AND value = %s",
+            (account_id, kind, _b(key)),
+        )
+        return None if row is None else row[0]
+
+    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        claimed = self._run(
+            "INSERT INTO identifiers VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (account_id, kind, _b(key), profile_id),
+        )
+        if not claimed:  # another worker's transaction claimed it after this one looked
+            raise StoreConflict(f"{kind} claimed concurrently")
+
+    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
+        self._run(
+            "DELETE FROM identifiers WHERE account_id = %s AND kind = %s AND value = %s"
+            " AND profile_id = %s",
+            (account_id, kind, _b(key), profile_id),
+        )
+
+    def profile_doc(self, account_id: str, profile_id: str) -> bytes | None:
+        if has_nul((profile_id,)):
+            return None
+        row = self._one(
+            "SELECT doc, version FROM profiles WHERE id = %s AND account_id = %s",
+            (profile_id, account_id),
+        )
+        if row is None:
+            return None
+        self._versions[profile_id] = row[1]
+        return bytes(row[0])
+
+    def save_profiles(self, rows: list[ProfileRow]) -> None:
+        new = [r for r in rows if r[0] not in self._versions]
+        changed = sorted((r for r in rows if r[0] in self._versions), key=lambda r: r[0])
+        with storage_errors(), self.conn.cursor() as cur:
+            if new:
+                cur.executemany("INSERT INTO profiles VALUES (%s, %s, %s, %s, %s, %s, 1)", new)
+            if changed:
+                versions = [self._versions[r[0]] for r in changed]
+                cur.execute(
+                    "UPDATE profiles p SET doc = u.doc, updated = u.updated,"
+                    " last_event_time = u.last_event_time, version = p.version + 1"
+                    " FROM unnest(%s::text[], %s::bytea[], %s::text[], %s::bigint[],"
+                    " %s::bigint[]) AS u(id, doc, updated, last_event_time, version)"
+                    " WHERE p.id = u.id AND p.version = u.version",
+                    (
+                        [r[0] for r in changed],
+                        [r[2] for r in changed],
+                        [r[4] for r in changed],
+                        [r[5] for r in changed],
+                        versions,
+                    ),
+                )
+                if cur.rowcount != len(changed):
+                    raise StoreConflict("a profile was changed by another worker")
+                for r in changed:
+                    self._versions[r[0]] += 1
+        for r in new:
+            self._versions[r[0]] = 1
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def metric_id(self, account_id: str, name: str, service: str) -> str | None:
+        row = self._one(
+            "SELECT id FROM metrics WHERE account_id = %s AND name = %s AND service = %s",
+            (account_id, _b(name), _b(service)),
+        )
+        return None if row is None else row[0]
+
+    def metric_count(self, account_id: str) -> int:
+        row = self._one("SELECT count(*) FROM metrics WHERE account_id = %s", (account_id,))
+        return 0 if row is None else row[0]
+
+    def add_metric(
+        self, metric_id: str, account_id: str, name: str, service: str, created: str
+    ) -> bool:
+        added = self._run(
+            "INSERT INTO metrics VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (metric_id, account_id, _b(name), _b(service), created),
+        )
+        if added:
+            return True
+        if self.metric_id(account_id, name, service) is not None:
+            raise StoreConflict("the metric was created by another worker")
+        return False  # the id is taken: draw another
+
+    # -- events, outcomes, position ------------------------------------------------------
+
+    def insert_events(self, rows: list[EventInsert]) -> int:
+        if not rows:
+            return 0
+        columns = list(zip(*rows, strict=True))
+        with storage_errors():
+            return self.conn.execute(
+                "INSERT INTO events SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[],"
+                " %s::text[], %s::bigint[], %s::bytea[], %s::double precision[], %s::bytea[],"
+                " %s::boolean[], %s::bytea[], %s::double precision[]) ON CONFLICT DO NOTHING",
+                (
+                    list(columns[0]),
+                    list(columns[1]),
+                    list(columns[2]),
+                    list(columns[3]),
+                    list(columns[4]),
+                    [_b(k) for k in columns[5]],
+                    list(columns[6]),
+                    [_b(c) for c in columns[7]],
+                    [bool(b) for b in columns[8]],
+                    list(columns[9]),
+                    list(columns[10]),
+                ),
+            ).rowcount
+
+    def stored_event_ids(self, first: int, last: int) -> set[int]:
+        with storage_errors():
+            rows = self.conn.execute(
+                "SELECT number FROM events WHERE number BETWEEN %s AND %s", (first, last)
+            ).fetchall()
+        return {r for (r,) in rows}
+
+    def event_with_key(self, account_id: str, profile_id: str, metric_id: str, key: str) -> int:
+        row = self._one(
+            "SELECT number FROM events WHERE account_id = %s AND profile_id = %s"
+            " AND metric_id = %s AND dedup_key = %s",
+            (account_id, profile_id, metric_id, _b(key)),
+        )
+        if row is None:  # the duplicate's first copy was deleted meanwhile (a reset)
+            raise StoreConflict("the event a duplicate repeats is gone")
+        return row[0]
+
+    def record_outcomes(self, rows: list[OutcomeRow]) -> None:
+        with (
+            storage_errors(),
+            self.conn.cursor() as cur,
+            cur.copy(
+                "COPY outcomes (seq, account_id, job_id, receipt_id, profile_id, results,"
+                " job_group) FROM STDIN"
+            ) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def _between_batches(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """A read outside any batch, not left open as a transaction."""
+        if self.conn.closed or self.conn.broken:
+            self.conn = connect(self.url)
+        try:
+            return self._one(sql, args)
+        finally:
+            with storage_errors():
+                self.conn.rollback()
+
+    def processed_position(self, partition: int) -> int:
+        row = self._between_batches(
+            "SELECT position FROM positions WHERE partition = %s", (partition,)
+        )
+        return 0 if row is None else row[0]
+
+    def ceiling(self, partition: int) -> int | None:
+        row = self._between_batches(_CEILING, (partition,))
+        return None if row is None else row[0]
+
+    def advance(self, partition: int, old: int, new: int) -> None:
+        """First in the batch's transaction: the row lock it takes orders this batch after any
+        other worker's, and after a reset's hold (whose ceiling is checked once it is held)."""
+        moved = self._run(
+            "UPDATE positions SET position = %s WHERE partition = %s AND position = %s",
+            (new, partition, old),
+        )
+        if moved != 1:
+            raise ProcessingFenced(f"partition {partition} is no longer at position {old}")
+        row = self._one(_CEILING, (partition,))
+        if row is not None and row[0] is not None and new > row[0]:
+            raise StoreConflict(f"a reset holds partition {partition} at {row[0]}")
+
+    def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
+        deleted = {}
+        for table in TABLES:
+            deleted[table] = self._run(f"DELETE FROM {table} WHERE account_id = %s", (account_id,))
+        return deleted
