@@ -1,4 +1,6 @@
-"""Every test talks to a real `trackhouse serve` process over real HTTP, on real SQLite."""
+"""Every test talks to a real `trackhouse serve` process over real HTTP, on real SQLite and on
+a real (private) PostgreSQL: the `server` and `start_server` fixtures are parametrized over
+both backends. TRACKHOUSE_TEST_BACKENDS=sqlite (or postgres) runs one of them only."""
 
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from private_postgres import PrivatePostgres
 
 from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.model import Submission, decode_submission
+
+BACKENDS = os.environ.get("TRACKHOUSE_TEST_BACKENDS", "sqlite,postgres").split(",")
 
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"
@@ -33,6 +39,20 @@ def free_port() -> int:
 
 
 @dataclass
+class StoreLock:
+    _rollback: Any
+    _close: Any
+
+    def release(self) -> None:
+        self._rollback()
+        self._close()
+
+
+# Tests of what only the embedded backend has (its files, its one-processor claim, its upgrades).
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+@dataclass
 class Server:
     """A running `trackhouse serve` subprocess."""
 
@@ -41,6 +61,17 @@ class Server:
     port: int = field(default_factory=free_port)
     args: list[str] = field(default_factory=list)  # extra `trackhouse serve` options
     proc: subprocess.Popen | None = None
+    store_url: str | None = None  # PostgreSQL; None: SQLite under data_dir
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.store_url is None else "postgres"
+
+    def where(self) -> list[str]:
+        """The `trackhouse` options that name this server's data."""
+        if self.store_url is not None:
+            return ["--store", self.store_url]
+        return ["--data-dir", str(self.data_dir)]
 
     @property
     def url(self) -> str:
@@ -48,7 +79,7 @@ class Server:
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trackhouse", "serve", "--data-dir", str(self.data_dir)]
+            [sys.executable, "-m", "trackhouse", "serve", *self.where()]
             + ["--port", str(self.port), *self.args],
             env=self.env,
             stdout=subprocess.PIPE,
@@ -79,23 +110,40 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def log_entries(self) -> list[Submission]:
-        """Everything committed to the log so far, read from its SQLite file, in order."""
-        conn = sqlite3.connect(self.data_dir / LOG_FILE)
+    def query(self, sqlite_file: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple]:
+        """Rows of a query on the backend's own tables (`?` placeholders on both)."""
+        if self.store_url is not None:
+            with psycopg.connect(self.store_url) as conn:
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+        conn = sqlite3.connect(self.data_dir / sqlite_file)
         try:
-            rows = conn.execute("SELECT submission FROM entries ORDER BY seq").fetchall()
+            return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
-        return [decode_submission(blob) for (blob,) in rows]
+
+    def lock_store(self) -> StoreLock:
+        """Hold the store's writes from outside, as another writer would: processing (and a
+        reset's delete) waits until `release()`. Reads go on."""
+        if self.store_url is not None:
+            pg = psycopg.connect(self.store_url)
+            pg.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            return StoreLock(pg.rollback, pg.close)
+        lite = sqlite3.connect(self.data_dir / STORE_FILE, timeout=30)
+        lite.execute("BEGIN IMMEDIATE")
+        return StoreLock(lite.rollback, lite.close)
+
+    def log_entries(self) -> list[Submission]:
+        """Everything committed to the log so far, in the order it was given entry numbers."""
+        if self.store_url is not None:
+            rows = self.query("", "SELECT submission FROM log_entries ORDER BY seq")
+        else:
+            rows = self.query(LOG_FILE, "SELECT submission FROM entries ORDER BY seq")
+        return [decode_submission(bytes(blob)) for (blob,) in rows]
 
     def raw_profile(self, profile_id: str) -> bytes:
         """A profile's stored document, as the store holds it."""
-        conn = sqlite3.connect(self.data_dir / STORE_FILE)
-        try:
-            (doc,) = conn.execute("SELECT doc FROM profiles WHERE id = ?", (profile_id,)).fetchone()
-        finally:
-            conn.close()
-        return doc
+        (doc,) = self.query(STORE_FILE, "SELECT doc FROM profiles WHERE id = ?", (profile_id,))[0]
+        return bytes(doc)
 
     def receipt(self, receipt_id: str) -> Submission:
         """The logged submission of a single create, by its receipt id."""
@@ -138,14 +186,37 @@ def make_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """One private PostgreSQL server for the session; each server gets a database of its own."""
+    pg = PrivatePostgres().start()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _store_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    if backend == "sqlite":
+        return None
+    return request.getfixturevalue("private_postgres").new_database()
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with custom settings; all are stopped after the test."""
+def start_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start servers with custom settings, on the backend of the test's parameter; all are
+    stopped after the test. The same `data_dir` again means the same data (a restart)."""
     started: list[Server] = []
+    urls: dict[Path, str | None] = {}
 
     def start(*args: str, data_dir: Path | None = None, **env: str) -> Server:
         data = data_dir or tmp_path / f"data{len(started)}"
-        server = Server(data, make_env(**env), args=list(args))
+        if data not in urls:
+            urls[data] = _store_url(backend, request)
+        server = Server(data, make_env(**env), args=list(args), store_url=urls[data])
         started.append(server)
         return server.start()
 
@@ -155,9 +226,12 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One shared server (rate limits off) for tests that only add data."""
-    s = Server(tmp_path_factory.mktemp("shared"), make_env()).start()
+def server(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """One shared server per backend (rate limits off) for tests that only add data."""
+    url = _store_url(backend, request)
+    s = Server(tmp_path_factory.mktemp("shared"), make_env(), store_url=url).start()
     yield s
     s.stop()
 

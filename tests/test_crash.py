@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import PRIVATE_KEY, bulk_body, bulk_event
+from conftest import PRIVATE_KEY, bulk_body, bulk_event, sqlite_only
 
 from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.log.sqlite import log_head
@@ -51,6 +51,7 @@ def position(data_dir) -> int:
     return row[0] if row else 0
 
 
+@sqlite_only  # the cluster's faults: tests/test_cluster_faults.py
 def test_processing_killed_at_random_points_stores_each_acknowledged_event_once(start_server):
     server = start_server("--no-process")
     acknowledged = 0

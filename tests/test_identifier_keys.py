@@ -87,6 +87,7 @@ def test_a_phone_filter_finds_the_profile_however_the_number_is_spelled(server, 
     assert [p["attributes"]["phone_number"] for p in found] == [f"+1415555{n}"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # an embedded store's upgrade
 def test_a_store_keyed_the_old_way_is_rekeyed_on_start(start_server, tmp_path):
     """Stores written before identifier keys existed keyed an email by lower() alone: the NFD
     spelling had a key of its own. After a restart the NFC spelling finds that profile."""

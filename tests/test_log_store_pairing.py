@@ -20,6 +20,7 @@ from conftest import (
     event_body,
     make_env,
     private_client,
+    sqlite_only,
 )
 
 from trackhouse.backends import LOG_FILE, STORE_FILE
@@ -57,6 +58,7 @@ def _remove_log(data_dir) -> None:
         path.unlink()
 
 
+@sqlite_only
 def test_a_replaced_log_under_a_kept_store_stops_the_server(start_server, tmp_path):
     """Deleting the log (an operator reclaiming space) and restarting made trackhouse accept
     events it never processed: the store's position was past the new log's head."""
@@ -71,6 +73,7 @@ def test_a_replaced_log_under_a_kept_store_stops_the_server(start_server, tmp_pa
     assert "another log" in said and "new data directory" in said
 
 
+@sqlite_only
 def test_a_store_ahead_of_its_log_stops_the_server(start_server, tmp_path):
     """The same log, restored from an older copy: the store has processed entries that copy
     does not have, and events accepted now would be skipped."""
@@ -95,6 +98,7 @@ def test_a_store_ahead_of_its_log_stops_the_server(start_server, tmp_path):
     assert str(server.data_dir / LOG_FILE) in said
 
 
+@sqlite_only
 def test_a_store_from_before_log_identities_is_checked_against_the_log(start_server, tmp_path):
     """A store written before logs had identities is bound on its first start, but only if
     the newest entry it processed is in the log: here the log was replaced by another that
@@ -118,6 +122,7 @@ def test_a_store_from_before_log_identities_is_checked_against_the_log(start_ser
     assert "has processed log entry 3" in said and "the log was replaced" in said
 
 
+@sqlite_only
 def test_a_store_from_before_log_identities_binds_to_its_own_log(start_server, tmp_path):
     server = start_server(data_dir=tmp_path / "data")
     _send(server, 3, "mine")
@@ -160,6 +165,7 @@ def test_the_same_log_and_store_start_again(start_server, tmp_path):
     assert r.json()["data"]["attributes"]["status"] == "processed"
 
 
+@sqlite_only
 def test_a_second_processor_on_a_store_exits_at_once_naming_the_first(start_server):
     """A `trackhouse process` beside a `serve` that processes used to leave the server's
     processor looping on a unique-key error forever, /admin/wait answering 503."""
@@ -186,6 +192,7 @@ def test_a_second_processor_on_a_store_exits_at_once_naming_the_first(start_serv
         )
 
 
+@sqlite_only
 def test_the_processing_claim_is_released_when_its_process_dies(start_server):
     server = start_server("--no-process")
     first = subprocess.Popen(
@@ -237,8 +244,7 @@ def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
     server = start_server()
     before = _send(server, 10, "old")
     server.settle()
-    blocker = sqlite3.connect(server.data_dir / STORE_FILE, timeout=30)
-    blocker.execute("BEGIN IMMEDIATE")  # the processor's writes now wait
+    blocker = server.lock_store()  # the processor's writes now wait
     jobs = _bulk_jobs(server, 12, 100, "stuck")  # 1,200 entries: more than one batch
     result: dict[str, httpx.Response] = {}
 
@@ -251,8 +257,7 @@ def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
     thread.start()
     time.sleep(1.0)
     after = _send(server, 20, "new")  # accepted while the reset waits
-    blocker.rollback()
-    blocker.close()
+    blocker.release()
     thread.join(timeout=90)
     assert result["reset"].status_code == 200, result["reset"].text
     assert result["reset"].json()["data"]["attributes"]["events"] == 10 + 1200
@@ -275,8 +280,7 @@ def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing
     server = start_server()
     receipts = _send(server, 3, "kept")
     server.settle()
-    blocker = sqlite3.connect(server.data_dir / STORE_FILE, timeout=30)
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker = server.lock_store()
     try:
         started = time.monotonic()
         # Nothing waiting: the reset's own delete is what cannot get the store.
@@ -287,8 +291,7 @@ def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing
         behind = httpx.post(f"{server.url}/admin/reset?timeout=1", headers=ADMIN, timeout=60)
         behind_seconds = time.monotonic() - started
     finally:
-        blocker.rollback()
-        blocker.close()
+        blocker.release()
     for r, seconds in ((idle, idle_seconds), (behind, behind_seconds)):
         assert r.status_code == 503, r.text
         assert r.json()["errors"][0]["code"] == "service_unavailable"
@@ -304,8 +307,7 @@ def test_concurrent_resets_take_turns_and_processing_goes_on(start_server):
     """Two resets waiting at once, at different log heads: each deletes what was there at
     its call, neither waits for ever, and processing goes on after them."""
     server = start_server()
-    blocker = sqlite3.connect(server.data_dir / STORE_FILE, timeout=30)
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker = server.lock_store()
     results: list[httpx.Response] = []
 
     def reset() -> None:
@@ -321,8 +323,7 @@ def test_concurrent_resets_take_turns_and_processing_goes_on(start_server):
         threads.append(thread)
         time.sleep(0.5)
     survivors = _send(server, 5, "survivor.")
-    blocker.rollback()
-    blocker.close()
+    blocker.release()
     for thread in threads:
         thread.join(timeout=90)
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]

@@ -1029,7 +1029,7 @@ def test_bad_aggregate_cursor_is_400(api, data):
 
 def create_key(server: Server, *scopes: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "trackhouse", "keys", "create", "--data-dir", str(server.data_dir)]
+        [sys.executable, "-m", "trackhouse", "keys", "create", *server.where()]
         + [arg for scope in scopes for arg in ("--scope", scope)]
         + ["--label", "reads " + " ".join(scopes)],
         capture_output=True,

@@ -70,8 +70,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
         others = [s for s in (*ALL_SCOPES, ADMIN_SCOPE) if s != scope]
         flags = [arg for s in others for arg in ("--scope", s)]
         out = subprocess.run(
-            [sys.executable, "-m", "trackhouse", "keys", "create"]
-            + ["--data-dir", str(server.data_dir), *flags],
+            [sys.executable, "-m", "trackhouse", "keys", "create"] + [*server.where(), *flags],
             capture_output=True,
             text=True,
             check=True,

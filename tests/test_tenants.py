@@ -23,7 +23,7 @@ def two(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("tenants"), make_env()).start()
     out = subprocess.run(
         [sys.executable, "-m", "trackhouse", "accounts", "create", "--public-key", "OthR22"]
-        + ["--data-dir", str(server.data_dir)],
+        + [*server.where()],
         capture_output=True,
         text=True,
         check=True,

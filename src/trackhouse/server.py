@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from trackhouse.api.app import build_app
-from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, Polled
+from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, ClusterBacklog, Polled
 from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
 from trackhouse.backends import Location, open_accounts, open_pipeline
@@ -106,7 +106,8 @@ def backlog_bound(
             else Polled(lambda: store.positions()[0])
         )
         return Backlog(lambda: log.committed - processed(), settings.max_backlog)
-    return Backlog(Polled(lambda: store.unprocessed(log)), settings.max_backlog)
+    behind = ClusterBacklog(lambda: store.unprocessed(log), lambda: log.appended)
+    return Backlog(behind, settings.max_backlog)
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:

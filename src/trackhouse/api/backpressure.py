@@ -51,3 +51,25 @@ class Polled:
         if now - self._at >= self.interval:
             self._value, self._at = self.read(), now
         return self._value
+
+
+class ClusterBacklog:
+    """A cluster's backlog: read from the database at most every `interval` seconds, plus
+    what this process has appended since. Exact with one API process; with several, each
+    misses the others' appends of the last interval."""
+
+    def __init__(
+        self, read: Callable[[], int], appended: Callable[[], int], interval: float = 0.25
+    ) -> None:
+        self.read = read
+        self.appended = appended
+        self.interval = interval
+        self._at = -float("inf")
+        self._value = self._base = 0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= self.interval:
+            self._base = self.appended()
+            self._value, self._at = self.read(), now
+        return self._value + self.appended() - self._base

@@ -52,6 +52,7 @@ class EventLog(Protocol):
     # The newest position this process committed, kept in memory: cheap enough to read on
     # every request.
     committed: int
+    appended: int  # entries this process has committed since it started
     # Made when the log is created and kept in it: a store records the identity of the log it
     # is built from, and refuses any other (`trackhouse.backends.open_pipeline`).
     identity: str

@@ -60,6 +60,7 @@ class GroupCommitLog:
     """The queue, the writer thread and the waking; subclasses commit a batch (`_commit`)."""
 
     committed = 0  # the newest position this process committed
+    appended = 0  # entries this process has committed since it started
 
     def __init__(self, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
         self.max_pending_bytes = max_pending_bytes
@@ -102,6 +103,8 @@ class GroupCommitLog:
                     batch = list(self._queue)
                     self._queue.clear()
                 error = self._commit(batch)
+                if error is None:
+                    self.appended += sum(len(p.rows) for p in batch)
                 if error is None:
                     for listener in self._listeners:
                         listener()

@@ -205,6 +205,7 @@ class Processor:
                 outcomes = apply(entries)
                 self.book.flush()
                 self.store.record_outcomes(outcomes)
+                self.store.before_commit(partition, entries[-1].position)
         except BaseException:
             self.forget()
             raise

@@ -209,6 +209,10 @@ class StoreWriter(Protocol):
     def processed_position(self, partition: int) -> int:
         """The partition's position as committed (read when a partition is taken on)."""
 
+    def before_commit(self, partition: int, position: int) -> None:
+        """The batch's last step: StoreConflict if a reset elsewhere now holds the partition
+        short of `position` (the batch is redone up to the hold)."""
+
     def ceiling(self, partition: int) -> int | None:
         """The position past which a reset in progress holds the partition's processing."""
 

@@ -6,11 +6,13 @@ worker. A text argument PostgreSQL cannot hold (NUL) finds nothing rather than f
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
 
 from trackhouse.log import EventLog
+from trackhouse.store import StoreUnavailable
 from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
@@ -23,17 +25,23 @@ from trackhouse.store.base import (
 )
 from trackhouse.store.postgres.connection import Reader, connect, storage_errors
 from trackhouse.store.postgres.leases import PartitionLeases
-from trackhouse.store.postgres.writer import TABLES, PostgresWriter
+from trackhouse.store.postgres.writer import RESET_GATE, TABLES, PostgresWriter
 
-_EVENT_COLUMNS = (
-    "number, profile_id, metric_id, time, convert_from(dedup_key, 'UTF8'), value,"
-    " convert_from(value_currency, 'UTF8'), properties"
-)
+_EVENT_COLUMNS = "number, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
+
+
+def _text(value: bytes | None) -> str | None:
+    """A bytea column back to the text it was written from (in Python: PostgreSQL's
+    convert_from cannot give back a NUL)."""
+    return None if value is None else bytes(value).decode("utf-8", "surrogatepass")
 
 
 def _event(row: tuple[Any, ...]) -> EventRow:
     number, profile_id, metric_id, t, key, value, currency, properties = row
-    return EventRow(number, profile_id, metric_id, t, key, value, currency, bytes(properties))
+    return EventRow(
+        number, profile_id, metric_id, t, _text(key) or "", value, _text(currency),
+        bytes(properties),
+    )  # fmt: skip
 
 
 class PostgresStore:
@@ -143,10 +151,13 @@ class PostgresStore:
             where.append("id > %s")
             args.append(after)
         sql = (
-            "SELECT id, convert_from(name, 'UTF8'), convert_from(service, 'UTF8'), created"
+            "SELECT id, name, service, created"
             f" FROM metrics WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
         )
-        return [MetricRow(*r) for r in self.db.all(sql, (*args, limit))]
+        return [
+            MetricRow(i, _text(name) or "", _text(service) or "", created)
+            for i, name, service, created in self.db.all(sql, (*args, limit))
+        ]
 
     def profiles(
         self,
@@ -200,70 +211,67 @@ class PostgresStore:
     # -- test control ----------------------------------------------------------------------
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
-        """Hold every partition at its head (waiting for batches and appends in flight, so
-        the heads are exact), wait for the workers to reach them, then delete the account's
-        data, its log entries up to the heads and its jobs in one transaction."""
+        """Hold every partition at the head it has now (under the reset gate, which batches
+        look through as they commit: none can go past a hold once it is recorded), wait for
+        the workers to reach the heads, then delete the account's data, its log entries up to
+        the heads and its jobs in one transaction. Nothing waits here for a batch in flight."""
         reset_id = uuid.uuid4().hex
         conn = connect(self.url)
         try:
-            with storage_errors():
-                _lock_timeout(conn, deadline)
-                with conn.transaction():
-                    conn.execute("SELECT 1 FROM positions ORDER BY partition FOR UPDATE")
-                    heads = dict(
-                        conn.execute(  # type: ignore[arg-type]
-                            "SELECT partition, head FROM log_heads ORDER BY partition FOR SHARE"
-                        ).fetchall()
-                    )
-                    jobs = [
-                        j
-                        for (j,) in conn.execute(
-                            "SELECT id FROM log_jobs WHERE account_id = %s", (account_id,)
-                        )
-                    ]
-                    expires = time.time() + max(1.0, deadline - time.monotonic()) + 5
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            "INSERT INTO holds VALUES (%s, %s, %s, extract(epoch FROM"
-                            " clock_timestamp()) + %s)",
-                            [(reset_id, p, h, expires - time.time()) for p, h in heads.items()],
-                        )
             try:
-                while any(self.positions().get(p, 0) < h for p, h in heads.items()):
-                    if time.monotonic() >= deadline:
-                        done = sum(min(self.positions().get(p, 0), h) for p, h in heads.items())
-                        raise TimeoutError(f"processing reached {done} of {sum(heads.values())}")
-                    time.sleep(0.02)
-                with storage_errors():
-                    _lock_timeout(conn, deadline)
-                    with conn.transaction():
-                        deleted = {}
-                        for table in TABLES:
-                            deleted[table] = conn.execute(
-                                f"DELETE FROM {table} WHERE account_id = %s", (account_id,)
-                            ).rowcount
-                        with conn.cursor() as cur:
-                            cur.executemany(
-                                "DELETE FROM log_entries WHERE partition = %s"
-                                " AND position <= %s AND account_id = %s",
-                                [(p, h, account_id) for p, h in heads.items()],
-                            )
-                        conn.execute("DELETE FROM log_jobs WHERE id = ANY(%s)", (jobs,))
-                return deleted
+                return self._reset(conn, reset_id, account_id, deadline)
+            except StoreUnavailable as exc:
+                raise TimeoutError(f"the store is unavailable: {exc}") from None
             finally:
-                with storage_errors():
+                with contextlib.suppress(StoreUnavailable), storage_errors():
+                    conn.rollback()
                     conn.execute("DELETE FROM holds WHERE reset_id = %s", (reset_id,))
                     conn.commit()
-        except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                raise
-            from trackhouse.store import StoreUnavailable
-
-            if isinstance(exc, StoreUnavailable):
-                raise TimeoutError(f"the store is unavailable: {exc}") from None
-            raise
         finally:
             conn.close()
+
+    def _reset(self, conn: Any, reset_id: str, account_id: str, deadline: float) -> dict[str, int]:
+        with storage_errors():
+            _lock_timeout(conn, deadline)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (RESET_GATE,))
+                heads: dict[int, int] = dict(
+                    conn.execute("SELECT partition, head FROM log_heads").fetchall()
+                )
+                jobs = [
+                    j
+                    for (j,) in conn.execute(
+                        "SELECT id FROM log_jobs WHERE account_id = %s", (account_id,)
+                    )
+                ]
+                lasts = max(1.0, deadline - time.monotonic()) + 5  # if this process dies
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO holds VALUES (%s, %s, %s,"
+                        " extract(epoch FROM clock_timestamp()) + %s)",
+                        [(reset_id, p, h, lasts) for p, h in heads.items()],
+                    )
+        while any(self.positions().get(p, 0) < h for p, h in heads.items()):
+            if time.monotonic() >= deadline:
+                done = sum(min(self.positions().get(p, 0), h) for p, h in heads.items())
+                raise TimeoutError(f"processing reached {done} of {sum(heads.values())}")
+            time.sleep(0.02)
+        with storage_errors():
+            _lock_timeout(conn, deadline)
+            with conn.transaction():
+                deleted = {}
+                for table in TABLES:
+                    deleted[table] = conn.execute(
+                        f"DELETE FROM {table} WHERE account_id = %s", (account_id,)
+                    ).rowcount
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "DELETE FROM log_entries WHERE partition = %s AND position <= %s"
+                        " AND account_id = %s",
+                        [(p, h, account_id) for p, h in heads.items()],
+                    )
+                conn.execute("DELETE FROM log_jobs WHERE id = ANY(%s)", (jobs,))
+        return deleted
 
 
 def _lock_timeout(conn: Any, deadline: float) -> None:

@@ -19,6 +19,7 @@ from trackhouse.store import ProcessingFenced, StoreConflict
 from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
 from trackhouse.store.postgres.connection import connect, has_nul, storage_errors
 
+RESET_GATE = 0x7472_6B68  # the advisory lock between resets' holds and batches' commits
 _CEILING = (
     "SELECT min(ceiling) FROM holds WHERE partition = %s"
     " AND expires > extract(epoch FROM clock_timestamp())"
@@ -230,15 +231,22 @@ class PostgresWriter:
 
     def advance(self, partition: int, old: int, new: int) -> None:
         """First in the batch's transaction: the row lock it takes orders this batch after any
-        other worker's, and after a reset's hold (whose ceiling is checked once it is held)."""
+        other worker's on the partition."""
         moved = self._run(
             "UPDATE positions SET position = %s WHERE partition = %s AND position = %s",
             (new, partition, old),
         )
         if moved != 1:
             raise ProcessingFenced(f"partition {partition} is no longer at position {old}")
+
+    def before_commit(self, partition: int, position: int) -> None:
+        """Last in the batch's transaction. A reset records its holds under the exclusive
+        gate, so this (shared) look at them sees every reset whose heads were read before
+        this batch's entries could have been, and the batch is redone short of its hold."""
+        with storage_errors():
+            self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (RESET_GATE,))
         row = self._one(_CEILING, (partition,))
-        if row is not None and row[0] is not None and new > row[0]:
+        if row is not None and row[0] is not None and position > row[0]:
             raise StoreConflict(f"a reset holds partition {partition} at {row[0]}")
 
     def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:

@@ -186,6 +186,9 @@ class SQLiteWriter:
     def ceiling(self, partition: int) -> int | None:
         return None  # the embedded store's resets hold the processor in its own process
 
+    def before_commit(self, partition: int, position: int) -> None:
+        """Nothing to check: resets hold the embedded store's one processor in its process."""
+
     def advance(self, partition: int, old: int, new: int) -> None:
         """The position the log has been processed up to, in the batch's own transaction."""
         with _storage_errors:

@@ -1,0 +1,91 @@
+"""A private PostgreSQL server for tests and benchmarks: initdb into a temporary directory, its
+own port and socket, stopped (and deleted) afterwards. Never the machine's own server.
+
+`./scripts/test` installs Debian's PostgreSQL where it is missing. initdb refuses to run as
+root, so as root the cluster is made and run as the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+
+def _bin_dir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    if found:
+        return Path(found[0]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL is not installed: run ./scripts/test (it installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivatePostgres:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        self.bin = _bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix="trackhouse-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.settings = {
+            "listen_addresses": "127.0.0.1",
+            "max_connections": "300",
+            "shared_buffers": "128MB",
+            **(settings or {}),
+        }
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._databases = 0
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.root)
+
+    def start(self) -> PrivatePostgres:
+        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w",
+            "-o", f"-p {self.port} -k {self.root} {options}", "start",
+        )  # fmt: skip
+        return self
+
+    def crash(self) -> None:
+        """Stop at once, as a power cut would leave the files (recovery runs at next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        self._databases += 1
+        name = f"th{self._databases}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        return self.url(name)
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
