@@ -25,6 +25,8 @@ from trackhouse.backends import LOG_FILE, STORE_FILE
 from trackhouse.model import Submission, decode_submission
 
 BACKENDS = os.environ.get("TRACKHOUSE_TEST_BACKENDS", "sqlite,postgres").split(",")
+# For the official SDKs' tests, also a cluster: 2 API processes and 2 workers on PostgreSQL.
+WITH_CLUSTER = [*BACKENDS, "cluster"] if "postgres" in BACKENDS else BACKENDS
 
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"
@@ -165,6 +167,41 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=False)
 
 
+@dataclass
+class Cluster(Server):
+    """`serve --workers 2 --no-process` (two API processes on one port) and two
+    `trackhouse process` workers, all on one PostgreSQL database."""
+
+    workers: int = 2
+    worker_procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self) -> Server:
+        if "--workers" not in self.args:
+            self.args += ["--workers", "2", "--no-process"]
+        super().start()
+        while len(self.worker_procs) < self.workers:
+            self.worker_procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "trackhouse", "process", *self.where()],
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return self
+
+    def stop(self) -> None:
+        for proc in self.worker_procs:
+            proc.terminate()
+        for proc in self.worker_procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.worker_procs.clear()
+        super().stop()
+
+
 def private_client(server: Server) -> httpx.Client:
     """A client for /api/* with the private key and the newest revision."""
     return server.client(
@@ -205,6 +242,10 @@ def _store_url(backend: str, request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("private_postgres").new_database()
 
 
+def _server_class(backend: str) -> type[Server]:
+    return Cluster if backend == "cluster" else Server
+
+
 @pytest.fixture
 def start_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Start servers with custom settings, on the backend of the test's parameter; all are
@@ -216,7 +257,9 @@ def start_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -
         data = data_dir or tmp_path / f"data{len(started)}"
         if data not in urls:
             urls[data] = _store_url(backend, request)
-        server = Server(data, make_env(**env), args=list(args), store_url=urls[data])
+        server = _server_class(backend)(
+            data, make_env(**env), args=list(args), store_url=urls[data]
+        )
         started.append(server)
         return server.start()
 
@@ -231,7 +274,8 @@ def server(
 ) -> Iterator[Server]:
     """One shared server per backend (rate limits off) for tests that only add data."""
     url = _store_url(backend, request)
-    s = Server(tmp_path_factory.mktemp("shared"), make_env(), store_url=url).start()
+    s = _server_class(backend)(tmp_path_factory.mktemp("shared"), make_env(), store_url=url)
+    s.start()
     yield s
     s.stop()
 

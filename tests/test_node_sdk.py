@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN_KEY, PRIVATE_KEY, Server
+from conftest import ADMIN_KEY, PRIVATE_KEY, WITH_CLUSTER, Server
+
+# The official SDKs against each backend, and against a cluster of 2 API processes and 2 workers.
+pytestmark = pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "sdk_roundtrip.mjs"

@@ -17,6 +17,7 @@ from conftest import (
     NEWEST,
     PRIVATE_KEY,
     PUBLIC_KEY,
+    WITH_CLUSTER,
     Server,
     bulk_body,
     bulk_event,
@@ -58,6 +59,9 @@ from openapi_client.models import (
 )
 
 from trackhouse.model import Event, ProfileChange, Submission
+
+# The official SDKs against each backend, and against a cluster of 2 API processes and 2 workers.
+pytestmark = pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
 
 
 @pytest.fixture

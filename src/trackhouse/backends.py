@@ -7,6 +7,7 @@ holds the log and the store for any number of API processes and workers.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def open_accounts(where: Location) -> AccountStore:
 
     where.data_dir.mkdir(parents=True, exist_ok=True)
     return SQLiteAccounts(where.data_dir / STORE_FILE)
+
+
+def open_api_share(
+    where: Location, resources: contextlib.ExitStack
+) -> Callable[[], tuple[int, int]] | None:
+    """This API process's (rank, count) among a cluster's live ones, for splitting rate
+    limits; None for the embedded backend, which has one API process."""
+    if where.url is None:
+        return None
+    from trackhouse.store.postgres.leases import ApiProcesses
+
+    members = ApiProcesses(where.url)
+    resources.callback(members.close)
+    return members.share
 
 
 def open_pipeline(where: Location, resources: contextlib.ExitStack) -> tuple[EventLog, Store]:

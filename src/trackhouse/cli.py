@@ -71,6 +71,15 @@ def main() -> None:
     help="Log entries processing may fall behind before writes get 503 (0: no bound; default "
     "$TRACKHOUSE_MAX_BACKLOG or 1,000,000).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="API processes sharing the port (needs --store; each also processes unless --no-process).",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True)  # one of --workers' processes
+@click.option("--quiet", is_flag=True, hidden=True)
 def serve(
     data_dir: Path,
     store_url: str | None,
@@ -79,6 +88,9 @@ def serve(
     no_rate_limits: bool,
     no_process: bool,
     max_backlog: int | None,
+    workers: int,
+    reuse_port: bool,
+    quiet: bool,
 ) -> None:
     """Serve the API and process events: on the embedded default (SQLite under --data-dir), or
     on PostgreSQL (--store), where any number of these and of `trackhouse process` share it."""
@@ -86,9 +98,12 @@ def serve(
     from trackhouse.server import serve as run
 
     _where(data_dir, store_url)
+    if workers > 1 and not store_url:
+        raise click.UsageError("--workers needs --store: the embedded log has one writer")
     settings = Settings(
         data_dir=data_dir, store_url=store_url, host=host, port=port, process=not no_process
     )
+    settings.api_processes, settings.reuse_port, settings.quiet = workers, reuse_port, quiet
     if no_rate_limits:
         settings.rate_limits = None
     if max_backlog is not None:

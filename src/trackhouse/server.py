@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +22,13 @@ from trackhouse.api.app import build_app
 from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, ClusterBacklog, Polled
 from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
-from trackhouse.backends import Location, open_accounts, open_pipeline
+from trackhouse.backends import Location, open_accounts, open_api_share, open_pipeline
 from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
 from trackhouse.store.accounts import ADMIN_SCOPE, AccountStore
 from trackhouse.store.base import Store
+
+logger = logging.getLogger("trackhouse.server")
 
 
 @dataclass
@@ -42,6 +47,10 @@ class Settings:
             int(os.environ.get("TRACKHOUSE_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)) or None
         )
     )
+
+    api_processes: int = 1  # `serve --workers N`: N API processes sharing the port
+    reuse_port: bool = False  # one of those N: bind the port with SO_REUSEPORT
+    quiet: bool = False  # one of those N: the parent announced already
 
     @property
     def location(self) -> Location:
@@ -111,7 +120,11 @@ def backlog_bound(
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
-    """The API and (unless settings.process is off) the processor, in one process."""
+    """The API and (unless settings.process is off) the processor, in one process — or, with
+    `settings.api_processes` > 1, in that many processes sharing the port."""
+    if settings.api_processes > 1:
+        serve_several(settings, announce)
+        return
     where = settings.location
     if where.url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +135,8 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
         processor = Processor(log, store) if settings.process else None
         if processor is not None:
             resources.callback(processor.close)
-        _serve(settings, announce, log, store, accounts, processor)
+        share = open_api_share(where, resources)
+        _serve(settings, announce, log, store, accounts, processor, share)
 
 
 def _serve(
@@ -132,6 +146,7 @@ def _serve(
     store: Store,
     accounts: AccountStore,
     processor: Processor | None,
+    share: Callable[[], tuple[int, int]] | None = None,
 ) -> None:
     stop = threading.Event()
     thread = None
@@ -139,14 +154,17 @@ def _serve(
     try:
         first = ensure_account(accounts)
         # Bind before announcing, so the printed address (and port, when 0 was asked) is real.
-        sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+        sock = socket.create_server((settings.host, settings.port), reuse_port=settings.reuse_port)
         settings.port = sock.getsockname()[1]
-        announce(first, settings)
+        if not settings.quiet:
+            announce(first, settings)
         if processor is not None:
             log.on_commit(processor.wake.set)
             thread = threading.Thread(target=processor.run, args=(stop,), name="processor")
             thread.start()
-        limiter = None if settings.rate_limits is None else RateLimiter(settings.rate_limits)
+        limiter = (
+            None if settings.rate_limits is None else RateLimiter(settings.rate_limits, share=share)
+        )
         app = build_app(
             log, accounts, store, processor, limiter, backlog_bound(settings, log, store, processor)
         )
@@ -191,3 +209,53 @@ def process_only(where: Location, stop: threading.Event) -> None:
         resources.callback(processor.close)
         collect_less()
         processor.run(stop)
+
+
+def serve_several(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
+    """`serve --workers N` (PostgreSQL only: the embedded log has one writer): N API processes
+    bound to one port with SO_REUSEPORT, the kernel spreading connections among them. This
+    process announces, then watches them: one that dies is started again; SIGTERM or SIGINT
+    stops them all (each finishing its requests and its batch)."""
+    where = settings.location
+    if where.url is None:
+        raise ValueError("--workers needs --store postgresql://…: the embedded log has one writer")
+    accounts = open_accounts(where)
+    try:
+        first = ensure_account(accounts)
+    finally:
+        accounts.close()
+    # Holding the port (SO_REUSEPORT, never listening) keeps it ours across child restarts.
+    keeper = socket.socket()
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    keeper.bind((settings.host, settings.port))
+    settings.port = keeper.getsockname()[1]
+    command = [sys.executable, "-m", "trackhouse", "serve", "--store", where.url]
+    command += ["--host", settings.host, "--port", str(settings.port), "--reuse-port", "--quiet"]
+    command += ["--max-backlog", str(settings.max_backlog or 0)]
+    if settings.rate_limits is None:
+        command.append("--no-rate-limits")
+    if not settings.process:
+        command.append("--no-process")
+    children = [subprocess.Popen(command) for _ in range(settings.api_processes)]
+    announce(first, settings)
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        while not stopping.wait(0.5):
+            for n, child in enumerate(children):
+                if child.poll() is not None:
+                    logger.warning("API process %d exited (%s); starting it again", child.pid,
+                                   child.returncode)  # fmt: skip
+                    children[n] = subprocess.Popen(command)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            child.wait()
+        keeper.close()

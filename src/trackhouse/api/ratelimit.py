@@ -2,6 +2,14 @@
 
 A throttled request gets 429 `throttled` with an integer `Retry-After`; every other response
 carries `RateLimit-Limit/-Remaining/-Reset` for the steady window (reference § 2.6).
+
+With several API processes (a PostgreSQL cluster), each process counts alone and admits its
+share of every limit: the limit split over the live API processes (`share()`: this process's
+rank among them and their number; the remainder goes to the lowest ranks), so the cluster never
+admits more than the limit. Behind a load balancer that spreads an account's requests evenly
+(round robin) the account gets its whole limit; one that sends them all to one process gets
+that process's share only. A limit smaller than the number of processes admits one request
+per process.
 """
 
 from __future__ import annotations
@@ -56,16 +64,35 @@ def parse_limits(text: str | None) -> dict[str, Limit] | None:
     return limits
 
 
+def share_of(limit: int, rank: int, count: int) -> int:
+    """This process's part of `limit` when `count` processes split it; never 0, or a client
+    whose connection lands on that process could never get through (so a limit below the
+    number of processes admits one request per process)."""
+    return max(1, limit // count + (1 if rank < limit % count else 0))
+
+
 class RateLimiter:
-    def __init__(self, limits: dict[str, Limit], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        limits: dict[str, Limit],
+        clock: Callable[[], float] = time.time,
+        share: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.limits = limits
         self.clock = clock
+        self.share = share  # (rank, count) of this process among the live API processes
         # (account, class) -> [burst window, burst count, steady window, steady count]
         self._windows: dict[tuple[str, str], list[int]] = {}
 
     def hit(self, account_id: str, endpoint_class: str) -> dict[str, str]:
         """Count one request, or raise 429; returns the headers for the response."""
         limit = self.limits[endpoint_class]
+        if self.share is not None:
+            rank, count = self.share()
+            if count > 1:
+                limit = Limit(
+                    share_of(limit.burst, rank, count), share_of(limit.steady, rank, count)
+                )
         now = self.clock()
         second, minute = int(now), int(now // 60)
         w = self._windows.get((account_id, endpoint_class))

@@ -16,8 +16,12 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
+from typing import Any
+
+import psycopg
 
 from trackhouse.store import StoreUnavailable
 from trackhouse.store.postgres.connection import connect, storage_errors
@@ -109,3 +113,59 @@ class PartitionLeases:
         self._held = []
         with contextlib.suppress(Exception):
             self.conn.close()
+
+
+class ApiProcesses:
+    """The live API processes of a cluster, for splitting rate limits among them: each
+    records itself about once a second (a thread of its own); `share()` answers from memory
+    (this process's rank among the live ones by id, and their number)."""
+
+    def __init__(self, url: str, lease_seconds: float = 5.0) -> None:
+        self.url = url
+        self.lease = lease_seconds
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._share = (0, 1)
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="trackhouse-api-lease", daemon=True)
+        self._thread.start()
+
+    def share(self) -> tuple[int, int]:
+        return self._share
+
+    def _beat(self) -> None:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = connect(self.url, autocommit=True)
+            with storage_errors():
+                c = self._conn
+                c.execute(
+                    f"INSERT INTO api_processes VALUES (%s, %s, {_NOW}) ON CONFLICT (id)"
+                    f" DO UPDATE SET seen = {_NOW}",
+                    (self.id, socket.gethostname()),
+                )
+                live = [
+                    i
+                    for (i,) in c.execute(
+                        f"SELECT id FROM api_processes WHERE seen > {_NOW} - %s ORDER BY id",
+                        (self.lease,),
+                    )
+                ]
+                c.execute(f"DELETE FROM api_processes WHERE seen < {_NOW} - %s", (self.lease * 10,))
+            if self.id in live:
+                self._share = (live.index(self.id), len(live))
+        except StoreUnavailable as exc:
+            logger.warning("cannot record this API process: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RENEW_SECONDS):
+            self._beat()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.execute("DELETE FROM api_processes WHERE id = %s", (self.id,))
+                self._conn.close()

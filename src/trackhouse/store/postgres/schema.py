@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS workers (
     host text COLLATE "C" NOT NULL,
     seen double precision NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_processes (  -- live API processes (rate limits are split)
+    id text COLLATE "C" PRIMARY KEY,
+    host text COLLATE "C" NOT NULL,
+    seen double precision NOT NULL
+);
 -- A reset in progress holds each partition's processing at the head it saw (test control).
 CREATE TABLE IF NOT EXISTS holds (
     reset_id text COLLATE "C" NOT NULL,
