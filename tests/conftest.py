@@ -116,7 +116,8 @@ class Server:
         """Rows of a query on the backend's own tables (`?` placeholders on both)."""
         if self.store_url is not None:
             with psycopg.connect(self.store_url) as conn:
-                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+                cur = conn.execute(sql.replace("?", "%s"), args)
+                return cur.fetchall() if cur.description else []
         conn = sqlite3.connect(self.data_dir / sqlite_file)
         try:
             return conn.execute(sql, args).fetchall()
@@ -173,11 +174,12 @@ class Cluster(Server):
     `trackhouse process` workers, all on one PostgreSQL database."""
 
     workers: int = 2
+    api_processes: int = 2
     worker_procs: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self) -> Server:
-        if "--workers" not in self.args:
-            self.args += ["--workers", "2", "--no-process"]
+        if "--no-process" not in self.args:
+            self.args += ["--workers", str(self.api_processes), "--no-process"]
         super().start()
         while len(self.worker_procs) < self.workers:
             self.worker_procs.append(

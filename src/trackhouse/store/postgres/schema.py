@@ -12,7 +12,7 @@ import uuid
 
 import psycopg
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 # The log's partitions: entries are spread over them by account and person, and each is
 # processed in order by one worker at a time. More partitions than workers lets work be
 # shared out evenly; the count is fixed when the schema is created.
@@ -150,42 +150,59 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 
 
-class SchemaMismatch(Exception):
-    """The database holds a trackhouse schema this version cannot use."""
+def _current(conn: psycopg.Connection) -> int | None:
+    """The partition count of a schema at this version, or None (absent, or older)."""
+    try:
+        rows: dict[str, str] = dict(
+            conn.execute(
+                "SELECT key, value FROM trackhouse_meta WHERE key IN ('schema', 'partitions')"
+            ).fetchall()
+        )
+    except psycopg.errors.UndefinedTable:
+        return None
+    if rows.get("schema") != SCHEMA_VERSION or "partitions" not in rows:
+        return None
+    return int(rows["partitions"])
 
 
 def migrate(url: str, partitions: int = DEFAULT_PARTITIONS) -> int:
     """Create the schema, or bring an existing one up to date; safe to run from several
-    processes at once (one waits for the other). Returns the log's partition count."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('trackhouse migrate'))")
-        conn.execute("SET LOCAL client_min_messages = warning")  # "already exists, skipping"
-        conn.execute(SCHEMA)
-        row = conn.execute("SELECT value FROM trackhouse_meta WHERE key = 'partitions'").fetchone()
-        if row is not None:
-            found = int(row[0])
-            version = conn.execute(
-                "SELECT value FROM trackhouse_meta WHERE key = 'schema'"
-            ).fetchone()
-            if version is None or version[0] != SCHEMA_VERSION:
-                raise SchemaMismatch(f"schema version {version} here, {SCHEMA_VERSION} expected")
+    processes at once (one waits for the other). A schema at this version is left alone: DDL
+    while workers write would lock tables against them. Returns the log's partition count."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = _current(conn)
+        if found is not None:
             return found
-        for p in range(partitions):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('trackhouse migrate'))")
+            conn.execute("SET LOCAL client_min_messages = warning")  # "already exists"
+            conn.execute(SCHEMA)
+            row = conn.execute(
+                "SELECT value FROM trackhouse_meta WHERE key = 'partitions'"
+            ).fetchone()
+            if row is not None:  # an older version: its tables are added above
+                partitions = int(row[0])
+            for p in range(partitions):
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS log_entries_{p} PARTITION OF log_entries"
+                    f" FOR VALUES IN ({p})"
+                )
+            seeds = [(p,) for p in range(partitions)]
+            with conn.cursor() as cur:
+                for table in ("log_heads", "positions"):
+                    cur.executemany(
+                        f"INSERT INTO {table} VALUES (%s, 0) ON CONFLICT DO NOTHING", seeds
+                    )
+                cur.executemany(
+                    "INSERT INTO partition_owners (partition) VALUES (%s) ON CONFLICT DO NOTHING",
+                    seeds,
+                )
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS log_entries_{p} PARTITION OF log_entries"
-                f" FOR VALUES IN ({p})"
+                "INSERT INTO trackhouse_meta VALUES ('partitions', %s), ('schema', %s),"
+                " ('log_identity', %s) ON CONFLICT (key) DO NOTHING",
+                (str(partitions), SCHEMA_VERSION, uuid.uuid4().hex),
             )
-        seeds = [(p,) for p in range(partitions)]
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO log_heads VALUES (%s, 0) ON CONFLICT DO NOTHING", seeds)
-            cur.executemany("INSERT INTO positions VALUES (%s, 0) ON CONFLICT DO NOTHING", seeds)
-            cur.executemany(
-                "INSERT INTO partition_owners (partition) VALUES (%s) ON CONFLICT DO NOTHING",
-                seeds,
+            conn.execute(
+                "UPDATE trackhouse_meta SET value = %s WHERE key = 'schema'", (SCHEMA_VERSION,)
             )
-        conn.execute(
-            "INSERT INTO trackhouse_meta VALUES ('partitions', %s), ('schema', %s),"
-            " ('log_identity', %s)",
-            (str(partitions), SCHEMA_VERSION, uuid.uuid4().hex),
-        )
         return partitions
