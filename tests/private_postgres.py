@@ -36,13 +36,20 @@ def _free_port() -> int:
 
 
 class PrivatePostgres:
-    def __init__(self, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: dict[str, str] | None = None,
+        netns: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.bin = _bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="trackhouse-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.netns = netns  # run the server in this network namespace (a host of its own)
+        self.host = host
+        self.port = _free_port() if netns is None else 5432
         self.settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": host,
             "max_connections": "300",
             "shared_buffers": "128MB",
             **(settings or {}),
@@ -51,12 +58,17 @@ class PrivatePostgres:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if netns is not None:  # other test hosts reach it over their veth links
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 trust\n")
         self._databases = 0
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        if self.netns is not None:
+            command = ["ip", "netns", "exec", self.netns, *command]
         subprocess.run(command, check=True, capture_output=True, cwd=self.root)
 
     def start(self) -> PrivatePostgres:
@@ -75,7 +87,7 @@ class PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def new_database(self) -> str:
         """A fresh, empty database; its URL."""

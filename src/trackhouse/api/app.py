@@ -31,6 +31,7 @@ from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
+from trackhouse.store import StoreUnavailable
 from trackhouse.store.accounts import AccountStore
 from trackhouse.store.base import Store
 
@@ -99,6 +100,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = APIError(exc.status_code, "error", str(exc.detail))
     return error_response(error)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # The store (a PostgreSQL server gone, a lock held too long) could not answer: nothing was
+    # changed, and the same request can be sent again.
+    logger.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        APIError(
+            503,
+            "service_unavailable",
+            "The store is unavailable; nothing was changed. Retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -178,6 +193,8 @@ class FastWrites:
             response = await _api_error(request, exc)
         except HTTPException as exc:
             response = await _http_error(request, exc)
+        except StoreUnavailable as exc:
+            response = await _unavailable(request, exc)
         except Exception as exc:
             response = await _unexpected(request, exc)
         if client:
@@ -198,6 +215,7 @@ def build_app(
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
+            StoreUnavailable: _unavailable,
         },
         middleware=[Middleware(AnswerUnexpected)],
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trackhouse.store import StoreConflict, StoreUnavailable
 
@@ -30,7 +30,12 @@ def storage_errors() -> Iterator[None]:
         yield
     except _CONFLICTS as exc:
         raise StoreConflict(str(exc).strip()) from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError, errors.LockNotAvailable) as exc:
+    except (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        errors.LockNotAvailable,
+        PoolTimeout,
+    ) as exc:
         raise StoreUnavailable(str(exc).strip()) from exc
 
 

@@ -8,9 +8,13 @@ names, dedup keys, currencies) are `bytea`: PostgreSQL's text cannot hold NUL, a
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 
 import psycopg
+
+logger = logging.getLogger("trackhouse.store")
 
 SCHEMA_VERSION = "2"
 # The log's partitions: entries are spread over them by account and person, and each is
@@ -165,11 +169,25 @@ def _current(conn: psycopg.Connection) -> int | None:
     return int(rows["partitions"])
 
 
+def _connect_when_up(url: str, wait: float = 60.0) -> psycopg.Connection:
+    """A process started while its database restarts waits for it (up to `wait` s) rather
+    than exiting; past that, the connection error."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline or "does not exist" in str(exc):
+                raise
+            logger.warning("waiting for the database: %s", str(exc).strip())
+            time.sleep(1)
+
+
 def migrate(url: str, partitions: int = DEFAULT_PARTITIONS) -> int:
     """Create the schema, or bring an existing one up to date; safe to run from several
     processes at once (one waits for the other). A schema at this version is left alone: DDL
     while workers write would lock tables against them. Returns the log's partition count."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with _connect_when_up(url) as conn:
         found = _current(conn)
         if found is not None:
             return found
