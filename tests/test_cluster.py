@@ -222,3 +222,39 @@ def test_an_accounts_rate_limit_holds_within_10_percent_across_two_api_processes
     seconds = sorted(admitted)[1:-1]  # whole seconds only
     assert len(seconds) >= 3
     assert all(36 <= admitted[s] <= 40 for s in seconds), dict(admitted)
+
+
+def test_retention_deletes_processed_entries_only_and_receipts_and_jobs_stay_readable(cluster):
+    c = cluster(workers=1, TRACKHOUSE_LOG_RETENTION="0")
+    c.query("", "INSERT INTO holds SELECT 'test', p, 0, 1e12 FROM generate_series(0, 7) p")
+    with private_client(c) as api:
+        receipts = []
+        for n in range(40):
+            r = api.post("/api/events", json=event_body(email=f"kept{n}@example.com"))
+            receipts.append(r.headers["Trackhouse-Receipt"])
+        body = bulk_body([({"email": f"job{g}@example.com"}, [bulk_event()]) for g in range(20)])
+        job = api.post("/api/event-bulk-create-jobs", json=body).json()["data"]["id"]
+        held = c.query("", "SELECT count(*) FROM log_entries WHERE partition < 8")[0][0]
+        assert held > 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and c.query(
+            "", "SELECT count(*) FROM log_entries WHERE partition >= 8"
+        ) != [(0,)]:
+            time.sleep(0.2)
+        # Processed entries are gone; the held (unprocessed) ones are all still there.
+        assert c.query("", "SELECT count(*) FROM log_entries WHERE partition >= 8") == [(0,)]
+        assert c.query("", "SELECT count(*) FROM log_entries WHERE partition < 8") == [(held,)]
+        c.query("", "DELETE FROM holds WHERE reset_id = 'test' RETURNING 1")
+        c.settle()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and c.query("", "SELECT count(*) FROM log_entries") != [
+            (0,)
+        ]:
+            time.sleep(0.2)
+        assert c.query("", "SELECT count(*) FROM log_entries") == [(0,)]
+        for receipt in receipts:
+            attributes = api.get(f"/api/event-receipts/{receipt}").json()["data"]["attributes"]
+            assert attributes["status"] == "processed"
+            assert [o["outcome"] for o in attributes["outcomes"]] == ["stored"]
+        status = api.get(f"/api/event-bulk-create-jobs/{job}").json()["data"]["attributes"]
+        assert status["status"] == "complete" and status["completed_count"] == 20, status

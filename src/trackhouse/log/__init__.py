@@ -78,4 +78,8 @@ class EventLog(Protocol):
         more than `max_bytes` of encoded data (but at least one entry). Never one that
         commits later at a lower position: positions are given in commit order."""
 
+    def forget_processed(self, older_than: float) -> int:
+        """Retention: delete entries that are processed and older than `older_than` seconds
+        (never one that is not processed); how many. Receipts and jobs stay readable."""
+
     def close(self) -> None: ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import secrets
 import string
 import threading
@@ -51,6 +52,9 @@ BATCH_BYTES = 32 * 1024 * 1024  # and at most this much encoded log data per bat
 # shutdown cut it short (`hurry`).
 LINGER_SECONDS = 0.1
 STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite/store.py)
+# Processed log entries are kept this long (TRACKHOUSE_LOG_RETENTION seconds), then deleted
+# by whichever processor comes to it; the embedded log keeps everything.
+LOG_RETENTION_SECONDS = float(os.environ.get("TRACKHOUSE_LOG_RETENTION", 86400))
 # A batch that lost a race with another worker (StoreConflict) is redone at once, this often.
 CONFLICT_RETRIES = 20
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -99,7 +103,14 @@ class Processor:
         """Process until `stop` is set; the batch in hand is always finished first. Nothing
         ends this loop but `stop`: storage errors are retried with back-off."""
         backoff = 0.05
+        retention_due = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() >= retention_due:
+                retention_due = time.monotonic() + min(60.0, max(1.0, LOG_RETENTION_SECONDS / 10))
+                try:
+                    self.log.forget_processed(LOG_RETENTION_SECONDS)
+                except Exception:
+                    logger.exception("log retention failed; tried again later")
             try:
                 processed = self.run_once()
             except Exception as exc:
