@@ -12,6 +12,7 @@ email, an E.164 phone number); the profile keeps the spelling it was first given
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from trackhouse.identifiers import email_key, identifier_key
@@ -34,8 +35,9 @@ class ProfileBook:
     """The processor's access to profiles and identifiers inside its batch transaction.
 
     Profiles read or changed in a batch are kept in memory and written back once by
-    `flush()`; identifier claims go to the store at once. Only the processor writes profiles, so the
-    cache stays true to the database as long as it is dropped after a rollback (`forget()`).
+    `flush()`, with the batch's identifier claims and releases. With one processor (the
+    embedded store) the caches stay true to the database as long as they are dropped after a
+    rollback (`forget()`); with several (`store.shared`) they are dropped at every batch.
     """
 
     def __init__(self, store: StoreWriter) -> None:
@@ -45,10 +47,45 @@ class ProfileBook:
         self._dirty: set[str] = set()
         self._sizes: dict[str, int] = {}  # encoded size of each cached profile
         self._profile_bytes = 0
+        self._unowned: set[Key] = set()  # looked up in this batch and found free
+        # Identifier changes of the batch, written together by flush(): releases first (a
+        # key may pass from one profile to another), then claims (StoreConflict if another
+        # worker claimed one meanwhile).
+        self._claims: dict[Key, str] = {}
+        self._releases: dict[Key, str] = {}
+
+    def prefetch(self, changes: list[tuple[str, ProfileChange]]) -> None:
+        """Look up every identifier and profile a batch names in two round trips, not one or
+        more per submission (what a store across the network needs). What is found free stays
+        known free for this batch only: a claim another worker makes meanwhile makes this
+        batch's own claim conflict, and the batch is redone."""
+        keys: set[Key] = set()
+        ids: set[tuple[str, str]] = set()
+        for account_id, change in changes:
+            if change.id:
+                ids.add((account_id, change.id))
+            for kind, value in change.identifiers().items():
+                if kind != "id":
+                    with contextlib.suppress(ValueError):
+                        keys.add((account_id, kind, identifier_key(kind, value)))
+            for email in change.add_emails:
+                with contextlib.suppress(ValueError):
+                    keys.add((account_id, "email", email_key(email)))
+        wanted = [k for k in keys if k not in self._owners]
+        owners = self.store.identifier_owners(wanted)
+        self._owners.update(owners)
+        self._unowned.update(k for k in wanted if k not in owners)
+        ids.update((k[0], pid) for k, pid in owners.items())
+        missing = [i for i in ids if i[1] not in self._profiles]
+        for pid, doc in self.store.profile_docs(missing).items():
+            self._profiles[pid] = decode_profile(doc)
+            self._sized(pid, len(doc))
 
     def owner(self, account_id: str, kind: str, value: str) -> str | None:
         key = (account_id, kind, value)
         owner = self._owners.get(key)
+        if owner is None and key in self._unowned:
+            return None
         if owner is None:
             owner = self.store.identifier_owner(account_id, kind, value)
             if owner is not None:
@@ -76,14 +113,27 @@ class ProfileBook:
         self._dirty.add(profile.id)
 
     def claim(self, profile: Profile, kind: str, value: str) -> None:
-        self.store.claim_identifier(profile.account_id, kind, value, profile.id)
-        self._owners[(profile.account_id, kind, value)] = profile.id
+        key = (profile.account_id, kind, value)
+        self._claims[key] = profile.id  # written by flush()
+        self._owners[key] = profile.id
+        self._unowned.discard(key)
 
     def release(self, profile: Profile, kind: str, value: str) -> None:
-        self.store.release_identifier(profile.account_id, kind, value, profile.id)
-        self._owners.pop((profile.account_id, kind, value), None)
+        key = (profile.account_id, kind, value)
+        if self._claims.get(key) == profile.id:
+            del self._claims[key]  # claimed in this batch: never written
+        else:
+            self._releases[key] = profile.id
+        self._owners.pop(key, None)
+        self._unowned.add(key)
 
     def flush(self) -> None:
+        if self._releases:
+            self.store.release_identifiers([(*k, pid) for k, pid in self._releases.items()])
+            self._releases.clear()
+        if self._claims:
+            self.store.claim_identifiers([(*k, pid) for k, pid in self._claims.items()])
+            self._claims.clear()
         rows = []
         for pid in self._dirty:
             p = self._profiles[pid]
@@ -113,6 +163,9 @@ class ProfileBook:
         return profiles + len(self._owners) * OWNER_BYTES
 
     def forget(self) -> None:
+        self._claims.clear()
+        self._releases.clear()
+        self._unowned.clear()
         self._owners.clear()
         self._profiles.clear()
         self._dirty.clear()

@@ -22,6 +22,7 @@ import string
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -29,10 +30,11 @@ import msgspec
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
-from trackhouse.process.profiles import PROFILE_TOO_LARGE, apply_bounded
+from trackhouse.process.profiles import PROFILE_TOO_LARGE, Profile, apply_bounded
 from trackhouse.store import ProcessingFenced, StoreConflict, StoreUnavailable
 from trackhouse.store.base import (
     EVENTS_PER_ENTRY,
+    EventInsert,
     OutcomeRow,
     Result,
     Store,
@@ -231,7 +233,30 @@ class Processor:
     # -- one submission ------------------------------------------------------------------
 
     def _apply_all(self, entries: list[LogEntry]) -> list[OutcomeRow]:
-        return [self._apply(entry.seq, entry.submission) for entry in entries]
+        """Resolve every entry's profile in order, then insert the batch's events in one
+        statement, in the same order (so the first of two events with one dedup key is still
+        the one kept), and only then settle each entry's outcome."""
+        if self.store.shared:  # a store across the network: the batch's lookups at once
+            self.book.prefetch([(e.submission.account_id, e.submission.profile) for e in entries])
+        applied = [self._apply(entry.seq, entry.submission) for entry in entries]
+        rows = [row for a in applied if isinstance(a, _Events) for row in a.rows]
+        inserted = self.store.insert_events(rows) if rows else set()
+        return [a if not isinstance(a, _Events) else self._settle(a, inserted) for a in applied]
+
+    def _settle(self, a: _Events, inserted: set[int]) -> OutcomeRow:
+        # The dedup index refused a repeated (account, profile, metric, key): the first
+        # processed wins. Usually every row went in.
+        if any(row[0] not in inserted for row in a.rows):
+            self._mark_duplicates(a, inserted)
+        newest = max(
+            (e.time for e, r in zip(a.submission.events, a.results, strict=True)
+             if r[0] == "stored"),
+            default=None,
+        )  # fmt: skip
+        profile = a.profile
+        if newest is not None and (profile.last_event_time or 0) < newest:
+            profile.last_event_time = newest
+        return _row(a.seq, a.submission, profile.id, a.results)
 
     def _reject_all(self, entries: list[LogEntry], reason: str) -> list[OutcomeRow]:
         detail = f"internal error: {reason}"
@@ -240,7 +265,7 @@ class Processor:
             for e in entries
         ]
 
-    def _apply(self, seq: int, s: Submission) -> OutcomeRow:
+    def _apply(self, seq: int, s: Submission) -> OutcomeRow | _Events:
         resolution = resolve_profile(self.book, s.account_id, s.profile, _iso(s.received_at))
         profile = resolution.profile
         if profile is None:
@@ -258,8 +283,8 @@ class Processor:
             raise ValueError(f"a submission holds at most {EVENTS_PER_ENTRY} events")
 
         results: list[Result] = []
-        rows = []
-        keys = []
+        rows: list[EventInsert] = []
+        keys: list[tuple[str, str, bool]] = []
         for idx, event in enumerate(s.events):
             metric_id = self._metric(s.account_id, event.metric, event.service, s.metric_cap)
             if metric_id is None:
@@ -285,39 +310,19 @@ class Processor:
             )
             keys.append((metric_id, key, event.unique_id is not None))
             results.append(("stored", number, notes))  # until the insert says otherwise
-        # The dedup index refuses a repeated (account, profile, metric, key): the first
-        # processed wins. Usually every row goes in, and one insert is enough to know.
-        if self.store.insert_events(rows) != len(rows):
-            self._mark_duplicates(s.account_id, profile.id, rows, keys, results, notes)
-        newest = max(
-            (e.time for e, r in zip(s.events, results, strict=True) if r[0] == "stored"),
-            default=None,
-        )
-        if newest is not None and (profile.last_event_time or 0) < newest:
-            profile.last_event_time = newest
-        return _row(seq, s, profile.id, results)
+        return _Events(seq, s, profile, rows, keys, results, notes)
 
-    def _mark_duplicates(
-        self,
-        account_id: str,
-        profile_id: str,
-        rows: list[tuple],
-        keys: list[tuple[str, str, bool]],
-        results: list[Result],
-        notes: str | None,
-    ) -> None:
-        """Find which of `rows` the dedup index refused, and the event each one repeats."""
-        first_number, last_number = rows[0][0], rows[-1][0]
-        inserted = self.store.stored_event_ids(first_number, last_number)
-        by_number = {row[0]: n for n, row in enumerate(rows)}
-        for idx, (outcome, number, _) in enumerate(results):
+    def _mark_duplicates(self, a: _Events, inserted: set[int]) -> None:
+        """Which of the entry's rows the dedup index refused, and the event each repeats."""
+        by_number = {row[0]: n for n, row in enumerate(a.rows)}
+        for idx, (outcome, number, _) in enumerate(a.results):
             if outcome != "stored" or number in inserted:
                 continue
-            metric_id, key, explicit = keys[by_number[number]]
-            first = self.store.event_with_key(account_id, profile_id, metric_id, key)
+            metric_id, key, explicit = a.keys[by_number[number]]
+            first = self.store.event_with_key(a.submission.account_id, a.profile.id, metric_id, key)
             what = "unique_id" if explicit else "time (no unique_id)"
             detail = f"duplicate of event {event_id(first)}: same profile, metric and {what}"
-            results[idx] = ("deduplicated", first, _join(f"{detail} {key[:64]!r}", notes))
+            a.results[idx] = ("deduplicated", first, _join(f"{detail} {key[:64]!r}", a.notes))
 
     def _metric(self, account_id: str, name: str, service: str, cap: int | None) -> str | None:
         """The metric's id, created on first use; None when `cap` forbids a new one."""
@@ -399,6 +404,19 @@ class Processor:
     def close(self) -> None:
         self.store.close()
         self.claim.release()
+
+
+@dataclass(slots=True)
+class _Events:
+    """An entry whose profile is resolved and whose event rows wait for the batch's insert."""
+
+    seq: int
+    submission: Submission
+    profile: Profile
+    rows: list[EventInsert]
+    keys: list[tuple[str, str, bool]]  # metric id, dedup key, whether it was a unique_id
+    results: list[Result]  # "stored" until the insert says otherwise
+    notes: str | None
 
 
 def _join(detail: str, notes: str | None) -> str:

@@ -170,11 +170,20 @@ class StoreWriter(Protocol):
 
     def identifier_owner(self, account_id: str, kind: str, key: str) -> str | None: ...
 
-    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        """StoreConflict when another profile has it (claimed concurrently)."""
+    def identifier_owners(
+        self, keys: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], str]:
+        """The owners of many (account, kind, key) at once (absent ones are left out)."""
 
-    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        """Only the profile's own claim: never another profile's row under the same key."""
+    def profile_docs(self, ids: list[tuple[str, str]]) -> dict[str, bytes]:
+        """The documents of many (account, profile id) at once (absent ones left out)."""
+
+    def claim_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Claim (account, kind, key) for a profile each; StoreConflict when another profile
+        has one of them (claimed concurrently)."""
+
+    def release_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Only each profile's own claim: never another profile's row under the same key."""
 
     def profile_doc(self, account_id: str, profile_id: str) -> bytes | None: ...
 
@@ -191,8 +200,9 @@ class StoreWriter(Protocol):
     ) -> bool:
         """False when the id is taken already (the caller draws another)."""
 
-    def insert_events(self, rows: list[EventInsert]) -> int:
-        """Insert the event rows the dedup key lets in (the first committed wins); how many."""
+    def insert_events(self, rows: list[EventInsert]) -> set[int]:
+        """Insert the event rows the dedup key lets in, in order (the first committed wins);
+        the numbers of those inserted."""
 
     def stored_event_ids(self, first: int, last: int) -> set[int]:
         """Which of the event numbers first..last are stored."""

@@ -31,6 +31,14 @@ def _b(text: str | None) -> bytes | None:
     return None if text is None else text.encode("utf-8", "surrogatepass")
 
 
+def _columns(rows: list[tuple[str, str, str, str]]) -> tuple[list, list, list, list]:
+    """(account, kind, key, profile) rows as the arrays of an unnest, keys as bytea."""
+    return (
+        [r[0] for r in rows], [r[1] for r in rows], [_b(r[2]) for r in rows],
+        [r[3] for r in rows],
+    )  # fmt: skip
+
+
 class PostgresWriter:
     shared = True  # other workers write too: nothing read is kept past its transaction
 
@@ -72,20 +80,59 @@ class PostgresWriter:
         )
         return None if row is None else row[0]
 
-    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        claimed = self._run(
-            "INSERT INTO identifiers VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (account_id, kind, _b(key), profile_id),
-        )
-        if not claimed:  # another worker's transaction claimed it after this one looked
-            raise StoreConflict(f"{kind} claimed concurrently")
+    def identifier_owners(
+        self, keys: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], str]:
+        """The owners of many (account, kind, key) at once: one round trip for a batch."""
+        if not keys:
+            return {}
+        with storage_errors():
+            rows = self.conn.execute(
+                "SELECT i.account_id, i.kind, i.value, i.profile_id FROM identifiers i"
+                " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(a, kind, v)"
+                " ON i.account_id = k.a AND i.kind = k.kind AND i.value = k.v",
+                ([k[0] for k in keys], [k[1] for k in keys], [_b(k[2]) for k in keys]),
+            ).fetchall()
+        return {
+            (a, kind, bytes(v).decode("utf-8", "surrogatepass")): pid for a, kind, v, pid in rows
+        }
 
-    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        self._run(
-            "DELETE FROM identifiers WHERE account_id = %s AND kind = %s AND value = %s"
-            " AND profile_id = %s",
-            (account_id, kind, _b(key), profile_id),
-        )
+    def profile_docs(self, ids: list[tuple[str, str]]) -> dict[str, bytes]:
+        """The documents of many (account, profile id) at once, their versions noted."""
+        ids = [i for i in ids if "\x00" not in i[1]]
+        if not ids:
+            return {}
+        with storage_errors():
+            rows = self.conn.execute(
+                "SELECT p.id, p.doc, p.version FROM profiles p"
+                " JOIN unnest(%s::text[], %s::text[]) AS k(a, id) ON p.account_id = k.a"
+                " AND p.id = k.id",
+                ([i[0] for i in ids], [i[1] for i in ids]),
+            ).fetchall()
+        found = {}
+        for pid, doc, version in rows:
+            self._versions[pid] = version
+            found[pid] = bytes(doc)
+        return found
+
+    def claim_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
+        with storage_errors():
+            claimed = self.conn.execute(
+                "INSERT INTO identifiers SELECT * FROM unnest(%s::text[], %s::text[],"
+                " %s::bytea[], %s::text[]) ON CONFLICT DO NOTHING",
+                _columns(rows),
+            ).rowcount
+        if claimed != len(rows):  # another worker's transaction claimed one after we looked
+            raise StoreConflict("an identifier was claimed concurrently")
+
+    def release_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
+        with storage_errors():
+            self.conn.execute(
+                "DELETE FROM identifiers i USING unnest(%s::text[], %s::text[], %s::bytea[],"
+                " %s::text[]) AS r(a, kind, v, pid) WHERE i.account_id = r.a"
+                " AND i.kind = r.kind AND i.value = r.v AND i.profile_id = r.pid",
+                _columns(rows),
+            )
 
     def profile_doc(self, account_id: str, profile_id: str) -> bytes | None:
         if has_nul((profile_id,)):
@@ -156,15 +203,18 @@ class PostgresWriter:
 
     # -- events, outcomes, position ------------------------------------------------------
 
-    def insert_events(self, rows: list[EventInsert]) -> int:
+    def insert_events(self, rows: list[EventInsert]) -> set[int]:
         if not rows:
-            return 0
+            return set()
         columns = list(zip(*rows, strict=True))
         with storage_errors():
-            return self.conn.execute(
-                "INSERT INTO events SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[],"
-                " %s::text[], %s::bigint[], %s::bytea[], %s::double precision[], %s::bytea[],"
-                " %s::boolean[], %s::bytea[], %s::double precision[]) ON CONFLICT DO NOTHING",
+            found = self.conn.execute(
+                # In the batch's order: of two rows with one dedup key, the first is kept.
+                "INSERT INTO events SELECT n, a, p, m, t, k, v, c, b, pr, r FROM unnest("
+                "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bytea[],"
+                " %s::double precision[], %s::bytea[], %s::boolean[], %s::bytea[],"
+                " %s::double precision[]) WITH ORDINALITY AS u(n, a, p, m, t, k, v, c, b, pr, r, o)"
+                " ORDER BY o ON CONFLICT DO NOTHING RETURNING number",
                 (
                     list(columns[0]),
                     list(columns[1]),
@@ -178,7 +228,8 @@ class PostgresWriter:
                     list(columns[9]),
                     list(columns[10]),
                 ),
-            ).rowcount
+            ).fetchall()
+        return {n for (n,) in found}
 
     def stored_event_ids(self, first: int, last: int) -> set[int]:
         with storage_errors():

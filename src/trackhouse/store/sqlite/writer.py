@@ -79,19 +79,34 @@ class SQLiteWriter:
             ).fetchone()
         return None if row is None else row[0]
 
-    def claim_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        with _storage_errors:
-            self.conn.execute(
-                "INSERT INTO identifiers VALUES (?, ?, ?, ?)", (account_id, kind, key, profile_id)
-            )
+    def identifier_owners(
+        self, keys: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], str]:
+        found = {}
+        for key in keys:
+            owner = self.identifier_owner(*key)
+            if owner is not None:
+                found[key] = owner
+        return found
 
-    def release_identifier(self, account_id: str, kind: str, key: str, profile_id: str) -> None:
-        """Only the profile's own claim: never another profile's row under the same key."""
+    def profile_docs(self, ids: list[tuple[str, str]]) -> dict[str, bytes]:
+        found = {}
+        for account_id, profile_id in ids:
+            doc = self.profile_doc(account_id, profile_id)
+            if doc is not None:
+                found[profile_id] = doc
+        return found
+
+    def claim_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
         with _storage_errors:
-            self.conn.execute(
+            self.conn.executemany("INSERT INTO identifiers VALUES (?, ?, ?, ?)", rows)
+
+    def release_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
+        with _storage_errors:
+            self.conn.executemany(
                 "DELETE FROM identifiers WHERE account_id = ? AND kind = ? AND value = ?"
                 " AND profile_id = ?",
-                (account_id, kind, key, profile_id),
+                rows,
             )
 
     def profile_doc(self, account_id: str, profile_id: str) -> bytes | None:
@@ -138,8 +153,9 @@ class SQLiteWriter:
 
     # -- events, outcomes, position ------------------------------------------------------
 
-    def insert_events(self, rows: list[EventInsert]) -> int:
-        """Insert the event rows the dedup key lets in (the first processed wins); how many."""
+    def insert_events(self, rows: list[EventInsert]) -> set[int]:
+        """Insert the event rows the dedup key lets in, in order (the first processed wins);
+        the numbers of those inserted."""
         conn = self.conn
         before = conn.total_changes
         with _storage_errors:
@@ -148,7 +164,10 @@ class SQLiteWriter:
                 " ON CONFLICT (account_id, profile_id, metric_id, dedup_key) DO NOTHING",
                 rows,
             )
-        return conn.total_changes - before
+        numbers = {row[0] for row in rows}
+        if conn.total_changes - before == len(rows):
+            return numbers  # usually every row goes in, and that is enough to know
+        return numbers & self.stored_event_ids(min(numbers), max(numbers))
 
     def stored_event_ids(self, first: int, last: int) -> set[int]:
         """Which of the event ids first..last are stored."""
