@@ -10,8 +10,8 @@ Each run, for each target in turn (interleaved across runs), on fresh data:
 2. processing: then `trackhouse process` (1 or 2 workers, unpinned) drains what was accepted:
    log entries/s from the first to the last processed, timed by polling the positions.
 
-Targets: SQLite (the embedded default: its one processor); PostgreSQL with 1 API process and
-1 worker; PostgreSQL with 2 API processes and 2 workers. PostgreSQL is a private server
+Targets: SQLite (the embedded default: its one processor); PostgreSQL with A API processes and
+W workers ("postgres A+W") for A and W of 1 and 2. PostgreSQL is a private server
 (tests/private_postgres.py: initdb into a temp dir, synchronous_commit and fsync on), unpinned:
 on this 2-core machine it shares the cores with everything else, which is what limits the
 2-process figures. Ratios are to SQLite's median of the same run. Writes the "Scale-out" section
@@ -57,7 +57,7 @@ from ingest import (  # noqa: E402  (the ingest benchmark's bodies, wrk driver a
 from private_postgres import PrivatePostgres  # noqa: E402
 
 RAW = BENCH / "cluster-results.json"
-TARGETS = ("sqlite", "postgres 1+1", "postgres 2+2")
+TARGETS = ("sqlite", "postgres 1+1", "postgres 1+2", "postgres 2+1", "postgres 2+2")
 PROFILES = 10_000
 
 
@@ -81,7 +81,10 @@ class Deployment:
         self.dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=work))
         self.url = None if target == "sqlite" else pg.new_database()
         self.where = ["--data-dir", str(self.dir)] if self.url is None else ["--store", self.url]
-        self.api_processes = 2 if target.endswith("2+2") else 1
+        # "postgres A+W": A API processes, W workers
+        api, _, workers = target.partition(" ")[2].partition("+")
+        self.api_processes = int(api or 1)
+        self.workers = int(workers or 1)
         self.env = dict(
             os.environ,
             TRACKHOUSE_PUBLIC_KEY=PUBLIC_KEY,
@@ -116,7 +119,7 @@ class Deployment:
         raise RuntimeError(f"{self.target} did not start: {(self.dir / 'serve.out').read_text()}")
 
     def process(self) -> None:
-        for n in range(self.api_processes):
+        for n in range(self.workers):
             self._spawn([sys.executable, "-m", "trackhouse", "process", *self.where], f"w{n}")
 
     def progress(self) -> tuple[int, int]:
