@@ -31,7 +31,7 @@ from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, Profile, apply_bounded
-from trackhouse.store import ProcessingFenced, StoreConflict, StoreUnavailable
+from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict, StoreUnavailable
 from trackhouse.store.base import (
     EVENTS_PER_ENTRY,
     EventInsert,
@@ -97,6 +97,8 @@ class Processor:
         # Resets take turns in the order of their ceilings (the lowest first): processing can
         # only reach the lowest, so a reset at a higher one must wait for it.
         self._ceilings_changed = threading.Condition(self._ceilings_lock)
+        # Partitions a reset elsewhere (in the store) holds, at the ceiling last seen.
+        self._holds: dict[int, int] = {}
         self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
 
     # -- the loop ------------------------------------------------------------------------
@@ -161,15 +163,17 @@ class Processor:
                 return self._run_batch(partition, max_entries)
             except ProcessingFenced:
                 logger.warning("partition %d was processed by another worker", partition)
-                self.positions.pop(partition, None)  # read again when held again
+                self.positions.pop(partition, None)  # read again if it comes back
                 return 0
+            except ProcessingHeld as held:  # a reset elsewhere: redone up to its hold
+                self._holds[partition] = held.ceiling
             except StoreConflict:
                 # Another worker claimed an identifier, changed a profile or deadlocked with
                 # this batch: redone now, it sees what the other one committed.
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 time.sleep(0.001 * attempt)
-        raise AssertionError("unreachable")
+        return 0  # held again each time: the next round starts from the hold
 
     def _run_batch(self, partition: int, max_entries: int) -> int:
         if self.store.shared:
@@ -180,9 +184,13 @@ class Processor:
         with self._ceilings_lock:
             until = min(self._ceilings, default=None)
             entries = self.log.read(partition, at, max_entries, BATCH_BYTES)
-        held = self.store.ceiling(partition)  # a reset elsewhere in the cluster
-        if held is not None:
-            until = held if until is None else min(until, held)
+        if partition in self._holds:  # held by a reset elsewhere: is it still?
+            held = self.store.ceiling(partition)
+            if held is None:
+                del self._holds[partition]
+            else:
+                self._holds[partition] = held
+                until = held if until is None else min(until, held)
         if until is not None:
             entries = [e for e in entries if e.position <= until]
         if not entries:

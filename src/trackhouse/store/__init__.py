@@ -1,6 +1,7 @@
 """Stored state, behind one interface (`base.py`: what the API, the query layer and the
 processor ask a store for, and the shapes it answers in) with a package per backend:
-`sqlite/` (the embedded default) and `postgres/`. Accounts and API keys: `accounts.py`. What
+`sqlite/` (the embedded default) and `postgres/`; the read queries both run, built once
+(`sql.py`). Accounts and API keys: `accounts.py`. What
 every backend raises at its seam is here."""
 
 
@@ -13,6 +14,14 @@ class StoreUnavailable(Exception):
 class StoreConflict(StoreUnavailable):
     """Another writer got there first (an identifier claimed, a profile changed, a deadlock):
     the transaction was rolled back, and redoing it at once sees what the other one did."""
+
+
+class ProcessingHeld(StoreConflict):
+    """A reset elsewhere holds the partition at `ceiling`: the batch is redone up to it."""
+
+    def __init__(self, ceiling: int) -> None:
+        super().__init__(f"a reset holds the partition at position {ceiling}")
+        self.ceiling = ceiling
 
 
 class ProcessingFenced(StoreUnavailable):

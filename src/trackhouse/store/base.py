@@ -220,11 +220,12 @@ class StoreWriter(Protocol):
         """The partition's position as committed (read when a partition is taken on)."""
 
     def before_commit(self, partition: int, position: int) -> None:
-        """The batch's last step: StoreConflict if a reset elsewhere now holds the partition
+        """The batch's last step: ProcessingHeld if a reset elsewhere now holds the partition
         short of `position` (the batch is redone up to the hold)."""
 
     def ceiling(self, partition: int) -> int | None:
-        """The position past which a reset in progress holds the partition's processing."""
+        """The position past which a reset in progress holds the partition's processing
+        (asked only once a batch was held, until the hold is gone)."""
 
     def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
         """Delete the account's processed data (test control); rows per table."""

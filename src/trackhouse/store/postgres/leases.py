@@ -33,6 +33,20 @@ RENEW_SECONDS = 1.0
 _NOW = "extract(epoch FROM clock_timestamp())"
 
 
+def _members(conn: psycopg.Connection[Any], table: str, me: str, lease: float) -> list[str]:
+    """Record `me` as alive in `table` (workers, api_processes) and forget the long dead;
+    the ids of the live members, in order."""
+    conn.execute(
+        f"INSERT INTO {table} VALUES (%s, %s, {_NOW}) ON CONFLICT (id) DO UPDATE SET seen = {_NOW}",
+        (me, socket.gethostname()),
+    )
+    conn.execute(f"DELETE FROM {table} WHERE seen < {_NOW} - %s", (lease * 10,))
+    rows = conn.execute(
+        f"SELECT id FROM {table} WHERE seen > {_NOW} - %s ORDER BY id", (lease,)
+    ).fetchall()
+    return [i for (i,) in rows]
+
+
 class PartitionLeases:
     def __init__(self, url: str, count: int, lease_seconds: float | None = None) -> None:
         self.url = url
@@ -64,14 +78,7 @@ class PartitionLeases:
             self.conn = connect(self.url, autocommit=True)
         with storage_errors():
             c = self.conn
-            c.execute(
-                f"INSERT INTO workers VALUES (%s, %s, {_NOW}) ON CONFLICT (id)"
-                f" DO UPDATE SET seen = {_NOW}",
-                (self.id, socket.gethostname()),
-            )
-            (live,) = c.execute(
-                f"SELECT count(*) FROM workers WHERE seen > {_NOW} - %s", (self.lease,)
-            ).fetchone()  # type: ignore[misc]
+            live = len(_members(c, "workers", self.id, self.lease))
             share = math.ceil(self.count / max(1, live))
             held = [
                 p
@@ -99,7 +106,6 @@ class PartitionLeases:
                     (self.id, self.lease, share - len(held)),
                 ).fetchall()
                 held = sorted(held + [p for (p,) in taken])
-            c.execute(f"DELETE FROM workers WHERE seen < {_NOW} - %s", (self.lease * 10,))
         self._held = held
 
     def release(self) -> None:
@@ -139,20 +145,7 @@ class ApiProcesses:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = connect(self.url, autocommit=True)
             with storage_errors():
-                c = self._conn
-                c.execute(
-                    f"INSERT INTO api_processes VALUES (%s, %s, {_NOW}) ON CONFLICT (id)"
-                    f" DO UPDATE SET seen = {_NOW}",
-                    (self.id, socket.gethostname()),
-                )
-                live = [
-                    i
-                    for (i,) in c.execute(
-                        f"SELECT id FROM api_processes WHERE seen > {_NOW} - %s ORDER BY id",
-                        (self.lease,),
-                    )
-                ]
-                c.execute(f"DELETE FROM api_processes WHERE seen < {_NOW} - %s", (self.lease * 10,))
+                live = _members(self._conn, "api_processes", self.id, self.lease)
             if self.id in live:
                 self._share = (live.index(self.id), len(live))
         except StoreUnavailable as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from trackhouse.log import EventLog
 from trackhouse.store import StoreUnavailable
+from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
@@ -27,6 +28,7 @@ from trackhouse.store.postgres.connection import Reader, connect, storage_errors
 from trackhouse.store.postgres.leases import PartitionLeases
 from trackhouse.store.postgres.writer import RESET_GATE, TABLES, PostgresWriter
 
+_SQL = sql_reads.Dialect(param="%s", number="number", array_params=True)
 _EVENT_COLUMNS = "number, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
@@ -109,27 +111,8 @@ class PostgresStore:
     # -- reads for the query API ---------------------------------------------------------
 
     def events(self, q: EventQuery) -> list[EventRow]:
-        where = ["account_id = %s"]
-        args: list[Any] = [q.account_id]
-        for column, value in (("metric_id", q.metric_id), ("profile_id", q.profile_id)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if q.since is not None:
-            where.append("time >= %s")
-            args.append(q.since)
-        if q.until is not None:
-            where.append("time < %s")
-            args.append(q.until)
-        if q.after is not None:
-            where.append("(time, number) " + ("<" if q.descending else ">") + " (%s, %s)")
-            args += q.after
-        order = "DESC" if q.descending else "ASC"
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
-            f" ORDER BY time {order}, number {order} LIMIT %s"
-        )
-        return [_event(r) for r in self.db.all(sql, (*args, q.limit))]
+        sql, args = sql_reads.event_page(_SQL, _EVENT_COLUMNS, q)
+        return [_event(r) for r in self.db.all(sql, args)]
 
     def event(self, account_id: str, number: int) -> EventRow | None:
         rows = self.db.all(
@@ -142,21 +125,10 @@ class PostgresStore:
         self, account_id: str, ids: list[str] | None = None, after: str | None = None,
         limit: int = 200,
     ) -> list[MetricRow]:  # fmt: skip
-        where = ["account_id = %s"]
-        args: list[Any] = [account_id]
-        if ids is not None:
-            where.append("id = ANY(%s)")
-            args.append(ids)
-        if after is not None:
-            where.append("id > %s")
-            args.append(after)
-        sql = (
-            "SELECT id, name, service, created"
-            f" FROM metrics WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
-        )
+        sql, args = sql_reads.metric_page(_SQL, account_id, ids, after, limit)
         return [
             MetricRow(i, _text(name) or "", _text(service) or "", created)
-            for i, name, service, created in self.db.all(sql, (*args, limit))
+            for i, name, service, created in self.db.all(sql, args)
         ]
 
     def profiles(
@@ -168,45 +140,14 @@ class PostgresStore:
         limit: int = 100,
         q: ProfileQuery | None = None,
     ) -> list[bytes]:
-        q = q or ProfileQuery()
-        where = ["p.account_id = %s"]
-        args: list[Any] = [account_id]
-        for column, low, high in (
-            ("created", q.created_since, q.created_until),
-            ("updated", q.updated_since, q.updated_until),
-        ):
-            if low is not None:
-                where.append(f"p.{column} >= %s")
-                args.append(low)
-            if high is not None:
-                where.append(f"p.{column} < %s")
-                args.append(high)
-        source = "profiles p"
+        stored = None  # identifier values are bytea here
         if identifiers is not None:
             kind, values = identifiers
-            source += " JOIN identifiers i ON i.profile_id = p.id AND i.account_id = p.account_id"
-            where.append("i.kind = %s AND i.value = ANY(%s)")
-            args += [kind, [v.encode("utf-8", "surrogatepass") for v in values]]
-        if ids is not None:
-            where.append("p.id = ANY(%s)")
-            args.append(ids)
-        order = "DESC" if q.descending else "ASC"
-        if q.sort == "id":
-            if after is not None:
-                where.append("p.id " + ("<" if q.descending else ">") + " %s")
-                args.append(after)
-            ordering = f"p.id {order}"
-        else:  # created or updated, ties broken by id; `after` is "value|id"
-            if after is not None:
-                value, _, last_id = after.rpartition("|")
-                where.append(f"(p.{q.sort}, p.id) " + ("<" if q.descending else ">") + " (%s, %s)")
-                args += [value, last_id]
-            ordering = f"p.{q.sort} {order}, p.id {order}"
-        sql = (
-            f"SELECT DISTINCT p.id, p.doc, p.{q.sort} FROM {source}"
-            f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT %s"
+            stored = (kind, [v.encode("utf-8", "surrogatepass") for v in values])
+        sql, args = sql_reads.profile_page(
+            _SQL, account_id, ids, stored, after, limit, q or ProfileQuery()
         )
-        return [bytes(doc) for _, doc, _ in self.db.all(sql, (*args, limit))]
+        return [bytes(doc) for _, doc, _ in self.db.all(sql, args)]
 
     # -- test control ----------------------------------------------------------------------
 

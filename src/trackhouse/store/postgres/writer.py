@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from trackhouse.store import ProcessingFenced, StoreConflict
+from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict
 from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
 from trackhouse.store.postgres.connection import connect, has_nul, storage_errors
 
@@ -298,7 +298,7 @@ class PostgresWriter:
             self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (RESET_GATE,))
         row = self._one(_CEILING, (partition,))
         if row is not None and row[0] is not None and position > row[0]:
-            raise StoreConflict(f"a reset holds partition {partition} at {row[0]}")
+            raise ProcessingHeld(row[0])
 
     def delete_account(self, account_id: str, reset_seq: int) -> dict[str, int]:
         deleted = {}

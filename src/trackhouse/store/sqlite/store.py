@@ -3,7 +3,8 @@
 Only the processor writes these tables (`process/`, through `writer.py`), one transaction per
 batch of log entries, and the log position it reached is written in that same transaction
 (design.md, invariant 3). Reads (job status, receipts, the query API) use their own
-connection. The same file also holds accounts and keys (`store/accounts.py`).
+connection. The same file also holds accounts and keys (`accounts.py` here). The read
+queries it shares with PostgreSQL are built by `store/sql.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trackhouse.identifiers import email_key
+from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
@@ -108,6 +110,7 @@ POSITION = "processor"  # the positions row of the embedded log's one partition
 # How identifier rows are keyed: "2" is trackhouse.identifiers (normalized, lower-cased
 # emails); stores without the mark were keyed by lower() alone and are re-keyed on opening.
 IDENTIFIER_KEYS = "2"
+_SQL = sql_reads.Dialect(param="?", number="rowid", array_params=False)
 _EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
@@ -325,27 +328,8 @@ class SQLiteStore:
     # -- reads for the query API ---------------------------------------------------------
 
     def events(self, q: EventQuery) -> list[EventRow]:
-        where = ["account_id = ?"]
-        args: list[Any] = [q.account_id]
-        for column, value in (("metric_id", q.metric_id), ("profile_id", q.profile_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if q.since is not None:
-            where.append("time >= ?")
-            args.append(q.since)
-        if q.until is not None:
-            where.append("time < ?")
-            args.append(q.until)
-        if q.after is not None:
-            where.append("(time, rowid) " + ("<" if q.descending else ">") + " (?, ?)")
-            args += q.after
-        order = "DESC" if q.descending else "ASC"
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
-            f" ORDER BY time {order}, rowid {order} LIMIT ?"
-        )
-        return [EventRow(*r) for r in self._all(sql, (*args, q.limit))]
+        sql, args = sql_reads.event_page(_SQL, _EVENT_COLUMNS, q)
+        return [EventRow(*r) for r in self._all(sql, tuple(args))]
 
     def event(self, account_id: str, number: int) -> EventRow | None:
         rows = self._all(
@@ -358,19 +342,8 @@ class SQLiteStore:
         self, account_id: str, ids: list[str] | None = None, after: str | None = None,
         limit: int = 200,
     ) -> list[MetricRow]:  # fmt: skip
-        where = ["account_id = ?"]
-        args: list[Any] = [account_id]
-        if ids is not None:
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            args += ids
-        if after is not None:
-            where.append("id > ?")
-            args.append(after)
-        sql = (
-            f"SELECT id, name, service, created FROM metrics WHERE {' AND '.join(where)}"
-            " ORDER BY id LIMIT ?"
-        )
-        return [MetricRow(*r) for r in self._all(sql, (*args, limit))]
+        sql, args = sql_reads.metric_page(_SQL, account_id, ids, after, limit)
+        return [MetricRow(*r) for r in self._all(sql, tuple(args))]
 
     def profiles(
         self,
@@ -383,45 +356,10 @@ class SQLiteStore:
     ) -> list[bytes]:
         """Profile documents in `q.sort` order (id by default); `identifiers` = (kind, values)
         filters by them."""
-        q = q or ProfileQuery()
-        where = ["p.account_id = ?"]
-        args: list[Any] = [account_id]
-        for column, low, high in (
-            ("created", q.created_since, q.created_until),
-            ("updated", q.updated_since, q.updated_until),
-        ):
-            if low is not None:
-                where.append(f"p.{column} >= ?")
-                args.append(low)
-            if high is not None:
-                where.append(f"p.{column} < ?")
-                args.append(high)
-        source = "profiles p"
-        if identifiers is not None:
-            kind, values = identifiers
-            source += " JOIN identifiers i ON i.profile_id = p.id AND i.account_id = p.account_id"
-            where.append(f"i.kind = ? AND i.value IN ({','.join('?' * len(values))})")
-            args += [kind, *values]
-        if ids is not None:
-            where.append(f"p.id IN ({','.join('?' * len(ids))})")
-            args += ids
-        order = "DESC" if q.descending else "ASC"
-        if q.sort == "id":
-            if after is not None:
-                where.append("p.id " + ("<" if q.descending else ">") + " ?")
-                args.append(after)
-            ordering = f"p.id {order}"
-        else:  # created or updated, ties broken by id; `after` is "value|id"
-            if after is not None:
-                value, _, last_id = after.rpartition("|")
-                where.append(f"(p.{q.sort}, p.id) " + ("<" if q.descending else ">") + " (?, ?)")
-                args += [value, last_id]
-            ordering = f"p.{q.sort} {order}, p.id {order}"
-        sql = (
-            f"SELECT DISTINCT p.id, p.doc, p.{q.sort} FROM {source}"
-            f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT ?"
+        sql, args = sql_reads.profile_page(
+            _SQL, account_id, ids, identifiers, after, limit, q or ProfileQuery()
         )
-        return [doc for _, doc, _ in self._all(sql, (*args, limit))]
+        return [doc for _, doc, _ in self._all(sql, tuple(args))]
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         raise ResetElsewhere  # the processor holds itself (Processor.reset_account)
