@@ -198,35 +198,38 @@ def test_a_killed_workers_partitions_are_taken_over_and_nothing_is_applied_twice
 
 def test_an_accounts_rate_limit_holds_within_10_percent_across_two_api_processes(cluster):
     """40 creates a second for the account, 2 API processes, clients spreading their
-    connections over both: no whole second admits more than 40, and every second the clients
-    offered well over 40 admits at least 36."""
+    connections over both. Counted by the second each accepted request was received in (the
+    server's clock, from the log): no whole second admits more than 44 (the limit + 10 %),
+    and every second in which the clients offered well over 40 admits at least 36."""
     c = cluster(api=2, workers=1, TRACKHOUSE_RATE_LIMITS="create=40/s,100000/m")
     time.sleep(2.5)  # both API processes have seen each other
-    admitted: Counter[int] = Counter()
     offered: Counter[int] = Counter()
     lock = threading.Lock()
     stop = time.time() + 4.2
 
-    def client() -> None:
+    def client(n: int) -> None:
+        sent = 0
         while time.time() < stop:
             with private_client(c) as api:  # a new connection: either process
                 for _ in range(5):
-                    r = api.post("/api/events", json=event_body(email="limited@example.com"))
+                    sent += 1
+                    body = event_body(email="limited@example.com", unique_id=f"{n}-{sent}")
+                    at = int(time.time())
+                    api.post("/api/events", json=body)
                     with lock:
-                        offered[int(time.time())] += 1
-                    if r.status_code == 202:
-                        with lock:
-                            admitted[int(time.time())] += 1
+                        offered[at] += 1
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    admitted = Counter(
+        int(second) for (second,) in c.query("", "SELECT floor(received_at) FROM log_entries")
+    )
     seconds = sorted(admitted)[1:-1]  # whole seconds only
     assert len(seconds) >= 3
-    # Never past the limit; and at least 90 % of it whenever the clients offered more.
-    assert all(admitted[s] <= 40 for s in seconds), dict(admitted)
+    assert all(admitted[s] <= 44 for s in seconds), dict(admitted)
     busy = [s for s in seconds if offered[s] >= 60]
     assert busy and all(admitted[s] >= 36 for s in busy), (dict(admitted), dict(offered))
 

@@ -204,9 +204,6 @@ class StoreWriter(Protocol):
         """Insert the event rows the dedup key lets in, in order (the first committed wins);
         the numbers of those inserted."""
 
-    def stored_event_ids(self, first: int, last: int) -> set[int]:
-        """Which of the event numbers first..last are stored."""
-
     def event_with_key(self, account_id: str, profile_id: str, metric_id: str, key: str) -> int:
         """The number of the stored event with this dedup key (the one a duplicate repeats)."""
 

@@ -231,13 +231,6 @@ class PostgresWriter:
             ).fetchall()
         return {n for (n,) in found}
 
-    def stored_event_ids(self, first: int, last: int) -> set[int]:
-        with storage_errors():
-            rows = self.conn.execute(
-                "SELECT number FROM events WHERE number BETWEEN %s AND %s", (first, last)
-            ).fetchall()
-        return {r for (r,) in rows}
-
     def event_with_key(self, account_id: str, profile_id: str, metric_id: str, key: str) -> int:
         row = self._one(
             "SELECT number FROM events WHERE account_id = %s AND profile_id = %s"

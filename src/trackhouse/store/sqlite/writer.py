@@ -167,9 +167,9 @@ class SQLiteWriter:
         numbers = {row[0] for row in rows}
         if conn.total_changes - before == len(rows):
             return numbers  # usually every row goes in, and that is enough to know
-        return numbers & self.stored_event_ids(min(numbers), max(numbers))
+        return numbers & self._stored_numbers(min(numbers), max(numbers))
 
-    def stored_event_ids(self, first: int, last: int) -> set[int]:
+    def _stored_numbers(self, first: int, last: int) -> set[int]:
         """Which of the event ids first..last are stored."""
         with _storage_errors:
             rows = self.conn.execute(
