@@ -41,9 +41,14 @@ class PrivatePostgres:
         settings: dict[str, str] | None = None,
         netns: str | None = None,
         host: str = "127.0.0.1",
+        keep: Path | None = None,
     ) -> None:
         self.bin = _bin_dir()
-        self.root = Path(tempfile.mkdtemp(prefix="trackhouse-pg-"))
+        # `keep`: a directory of the caller's, whose cluster is reused and never deleted (a
+        # benchmark's database built once); otherwise a temporary one, deleted by close().
+        self.keep = keep is not None
+        self.root = keep if keep is not None else Path(tempfile.mkdtemp(prefix="trackhouse-pg-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.data = self.root / "data"
         self.netns = netns  # run the server in this network namespace (a host of its own)
         self.host = host
@@ -57,7 +62,8 @@ class PrivatePostgres:
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if not (self.data / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         if netns is not None:  # other test hosts reach it over their veth links
             with open(self.data / "pg_hba.conf", "a") as hba:
                 hba.write("host all all 0.0.0.0/0 trust\n")
@@ -78,6 +84,16 @@ class PrivatePostgres:
             "-o", f"-p {self.port} -k {self.root} {options}", "start",
         )  # fmt: skip
         return self
+
+    def pin(self, cores: str) -> None:
+        """Run the server on these cores (`taskset` syntax): its processes now, and the
+        connections it forks from now on."""
+        postmaster = (self.data / "postmaster.pid").read_text().split()[0]
+        children = subprocess.run(
+            ["pgrep", "-P", postmaster], capture_output=True, text=True
+        ).stdout.split()
+        for pid in (postmaster, *children):
+            subprocess.run(["taskset", "-a", "-pc", cores, pid], check=True, capture_output=True)
 
     def crash(self) -> None:
         """Stop at once, as a power cut would leave the files (recovery runs at next start)."""
@@ -100,4 +116,5 @@ class PrivatePostgres:
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)

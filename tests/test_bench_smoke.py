@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,34 @@ def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
             assert r["logged_requests"] >= r["requests"], where
     text = results.read_text()
     assert "## Ingest" in text and "ratio to baseline" in text and "<!-- ingest:end -->" in text
+
+
+def test_read_benchmark_smoke() -> None:
+    """bench/read.py builds its store on both backends and serves the same reads from each
+    (a few thousand events): every request answered, a line of figures per backend and kind."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the benchmark pins the server and its client to two different cores")
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as the postgres user, who must be
+    # able to reach its cluster's directory.
+    where = Path(tempfile.mkdtemp(prefix="trackhouse-read-smoke-"))
+    where.chmod(0o755)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "read.py"), "--events", "3000"]
+            + ["--profiles", "300", "--metrics", "1", "--requests", "20"]
+            + ["--pg-shared-buffers", "16MB", "--dir", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for backend in ("sqlite", "postgres 16MB"):
+        for kind in ("baseline (404, no store)", "by profile_id", "200 per page"):
+            assert any(
+                line.startswith(f"{backend}, ") and kind in line and " p99 " in line
+                for line in lines
+            ), (backend, kind, done.stdout)
+    assert any("× SQLite's" in line for line in lines), done.stdout

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
 from trackhouse.api.errors import APIError
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, is_int64, page_links
-from trackhouse.query.events import event_resource, metric_resource, sparse
+from trackhouse.query.events import EventEncoder, event_resource, metric_resource, sparse
 from trackhouse.query.filters import Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
 from trackhouse.store.base import EventQuery, EventRow, Store, event_number
@@ -140,16 +140,23 @@ async def get_events(request: Request) -> Response:
     last = [rows[-1].time, rows[-1].number, "next"] if rows else None
     next_value = last if (more and not backwards) or (backwards and rows) else None
     prev_value = first if (cursor is not None and not backwards) or (backwards and more) else None
-    base, legacy = base_url(request), not caller.rules.jsonapi_relationships
     document: dict[str, Any] = {
-        "data": [
-            sparse(event_resource(r, base, legacy=legacy), q.fields.get("event")) for r in rows
-        ],
+        "data": _event_resources(request, caller, rows, q.fields.get("event")),
         "links": page_links(request, next_value, prev_value),
     }
     if q.include:
         document["included"] = _included(request, caller, rows, q.include, q)
     return jsonapi_response(200, document, caller.headers)
+
+
+def _event_resources(
+    request: Request, caller: Caller, rows: list[EventRow], fields: set[str] | None
+) -> list[Any]:
+    base, legacy = base_url(request), not caller.rules.jsonapi_relationships
+    if fields is None:  # the whole resource: encoded at once, without building dicts
+        encode = EventEncoder(base, legacy=legacy)
+        return [encode(r) for r in rows]
+    return [sparse(event_resource(r, base, legacy=legacy), fields) for r in rows]
 
 
 def _event(request: Request, caller: Caller) -> EventRow:
@@ -165,10 +172,8 @@ async def get_event(request: Request) -> Response:
     caller = identify_caller(request, scope="events:read", endpoint_class="event")
     q = _parse(request, caller, default_size=1, max_size=1)
     row = _event(request, caller)
-    legacy = not caller.rules.jsonapi_relationships
-    resource = event_resource(row, base_url(request), legacy=legacy)
     document: dict[str, Any] = {
-        "data": sparse(resource, q.fields.get("event")),
+        "data": _event_resources(request, caller, [row], q.fields.get("event"))[0],
         "links": {"self": str(request.url)},
     }
     if q.include:

@@ -8,6 +8,7 @@ plural `metrics` / `profiles` lists.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,6 @@ from trackhouse.store.base import EventRow, MetricRow, event_id
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
-_ECHOED = (b'"$event_id"', b'"$value"', b'"$value_currency"')
 
 
 # RFC 9562 version 1: 100-ns intervals since 1582-10-15, the Gregorian reform.
@@ -40,71 +40,99 @@ def event_uuid(time: int, number: int) -> str:
     )
 
 
-def event_properties(row: EventRow) -> msgspec.Raw | dict[str, Any]:
+def _day(day: int) -> bytes:
+    """'YYYY-MM-DDT' of a day since 1970-01-01 (as datetime.isoformat writes it)."""
+    return (datetime.fromtimestamp(day * 86400, UTC).date().isoformat() + "T").encode()
+
+
+_day_prefix = functools.lru_cache(maxsize=4096)(_day)
+
+
+def event_datetime(time: int) -> bytes:
+    """`datetime`: the event's time in ISO 8601, UTC; equal to
+    `datetime.fromtimestamp(time, UTC).isoformat()`, and a fifth of its cost."""
+    day, seconds = divmod(time, 86400)
+    return b"%b%02d:%02d:%02d+00:00" % (
+        _day_prefix(day), seconds // 3600, seconds // 60 % 60, seconds % 60,
+    )  # fmt: skip
+
+
+def event_properties(row: EventRow) -> bytes:
     """What was sent, plus what Klaviyo's reads echo: `$event_id` (the unique_id, or the
-    time-to-the-second that stood in for it), `$value` and `$value_currency`.
+    time-to-the-second that stood in for it), `$value` and `$value_currency`; as JSON.
 
     The stored JSON is passed through as it is, with the echoed keys spliced in front: pages
     of 200 events are served without decoding and re-encoding each event's properties."""
-    echoed: dict[str, Any] = {"$event_id": row.dedup_key}
-    if row.value is not None:
-        echoed["$value"] = row.value
-    if row.value_currency is not None:
-        echoed["$value_currency"] = row.value_currency
     stored = row.properties
-    if any(key in stored for key in _ECHOED):  # the sender used one of those keys itself
-        return _decode(stored) | echoed
-    head = _encode(echoed)
-    if stored == b"{}":
-        return msgspec.Raw(head)
-    return msgspec.Raw(head[:-1] + b"," + stored[1:])
+    # The sender used one of those keys itself (or such a string as a value):
+    if b'"$event_id"' in stored or b'"$value"' in stored or b'"$value_currency"' in stored:
+        echoed: dict[str, Any] = {"$event_id": row.dedup_key}
+        if row.value is not None:
+            echoed["$value"] = row.value
+        if row.value_currency is not None:
+            echoed["$value_currency"] = row.value_currency
+        return _encode(_decode(stored) | echoed)
+    head = b'{"$event_id":' + _encode(row.dedup_key)
+    if row.value is not None:
+        head += b',"$value":' + _encode(row.value)
+    if row.value_currency is not None:
+        head += b',"$value_currency":' + _encode(row.value_currency)
+    return head + b"}" if stored == b"{}" else head + b"," + stored[1:]
+
+
+# Klaviyo's `event` resource, as JSON. The current shape, and the one before 2023-07-15:
+# `metric_id` / `profile_id` among the attributes, `timestamp` a string, the relationships
+# plural lists. %(url)b is the event's own URL, JSON-escaped.
+_EVENT = (
+    b'{"type":"event","id":"%(id)b","attributes":{"timestamp":%(timestamp)d,'
+    b'"event_properties":%(properties)b,"datetime":"%(datetime)b","uuid":"%(uuid)b"},'
+    b'"relationships":{'
+    b'"metric":{"data":{"type":"metric","id":%(metric)b},'
+    b'"links":{"self":"%(url)b/relationships/metric","related":"%(url)b/metric"}},'
+    b'"profile":{"data":{"type":"profile","id":%(profile)b},'
+    b'"links":{"self":"%(url)b/relationships/profile","related":"%(url)b/profile"}}},'
+    b'"links":{"self":"%(url)b"}}'
+)
+_LEGACY_EVENT = (
+    b'{"type":"event","id":"%(id)b","attributes":{"metric_id":%(metric)b,'
+    b'"profile_id":%(profile)b,"timestamp":"%(timestamp)d","event_properties":%(properties)b,'
+    b'"datetime":"%(datetime)b","uuid":"%(uuid)b"},'
+    b'"relationships":{"metrics":{"data":[{"type":"metric","id":%(metric)b}]},'
+    b'"profiles":{"data":[{"type":"profile","id":%(profile)b}]}},'
+    b'"links":{"self":"%(url)b/"}}'
+)
+
+
+class EventEncoder:
+    """Events as Klaviyo's `event` resource, encoded straight into JSON (msgspec.Raw, to be
+    placed in a response document): a page of 200 events costs a third of building and
+    encoding their dicts. For one request's base URL and revision (`legacy`: before
+    2023-07-15)."""
+
+    def __init__(self, base: str, *, legacy: bool) -> None:
+        self.template = _LEGACY_EVENT if legacy else _EVENT
+        self.events_url = _encode(base)[1:-1] + b"/api/events/"  # JSON-escaped
+
+    def __call__(self, row: EventRow) -> msgspec.Raw:
+        eid = event_id(row.number).encode()
+        return msgspec.Raw(
+            self.template
+            % {
+                b"id": eid,
+                b"timestamp": row.time,
+                b"properties": event_properties(row),
+                b"datetime": event_datetime(row.time),
+                b"uuid": event_uuid(row.time, row.number).encode(),
+                b"metric": _encode(row.metric_id),
+                b"profile": _encode(row.profile_id),
+                b"url": self.events_url + eid,
+            }
+        )
 
 
 def event_resource(row: EventRow, base: str, *, legacy: bool) -> dict[str, Any]:
-    eid = event_id(row.number)
-    moment = datetime.fromtimestamp(row.time, UTC)
-    attributes: dict[str, Any] = {
-        "timestamp": row.time,
-        "event_properties": event_properties(row),
-        "datetime": moment.isoformat(),
-        "uuid": event_uuid(row.time, row.number),
-    }
-    self_url = f"{base}/api/events/{eid}"
-    if legacy:
-        attributes = {
-            "metric_id": row.metric_id,
-            "profile_id": row.profile_id,
-            **attributes,
-            "timestamp": str(row.time),
-        }
-        relationships: dict[str, Any] = {
-            "metrics": {"data": [{"type": "metric", "id": row.metric_id}]},
-            "profiles": {"data": [{"type": "profile", "id": row.profile_id}]},
-        }
-        return {
-            "type": "event",
-            "id": eid,
-            "attributes": attributes,
-            "relationships": relationships,
-            "links": {"self": self_url + "/"},
-        }
-    relationships = {
-        name: {
-            "data": {"type": name, "id": related},
-            "links": {
-                "self": f"{self_url}/relationships/{name}",
-                "related": f"{self_url}/{name}",
-            },
-        }
-        for name, related in (("metric", row.metric_id), ("profile", row.profile_id))
-    }
-    return {
-        "type": "event",
-        "id": eid,
-        "attributes": attributes,
-        "relationships": relationships,
-        "links": {"self": self_url},
-    }
+    """One event's resource as a dict (to pick sparse fieldsets from)."""
+    return _decode(EventEncoder(base, legacy=legacy)(row))
 
 
 def integration(service: str) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def connect(url: str, autocommit: bool = False) -> psycopg.Connection[Any]:
 
 
 def pool(url: str, max_size: int = 4) -> ConnectionPool:
-    """Autocommit connections for reads, checked before use and replaced when lost."""
+    """Autocommit connections, replaced when lost. They are not checked on every checkout
+    (a round trip per query); `Reader` repeats a read that met a connection lost meanwhile."""
     return ConnectionPool(
         url,
         min_size=1,
@@ -57,7 +58,6 @@ def pool(url: str, max_size: int = 4) -> ConnectionPool:
             "connect_timeout": CONNECT_TIMEOUT,
             "options": SESSION_OPTIONS,
         },
-        check=ConnectionPool.check_connection,
         open=True,
         timeout=10,
         name="trackhouse",
@@ -75,21 +75,44 @@ def has_nul(args: tuple[Any, ...] | list[Any]) -> bool:
 
 
 class Reader:
-    """Queries on a pool, with errors wrapped; a text argument holding NUL finds nothing."""
+    """Queries on a pool, with errors wrapped; a text argument holding NUL finds nothing.
+
+    A connection the server dropped since its last use (a restart, a cut link) fails its
+    next query: a read is then asked once more, after the pool has checked its idle
+    connections; a write (`run`) checks its connection first instead, since a statement
+    that failed may or may not have been applied."""
 
     def __init__(self, url: str, max_size: int = 4) -> None:
         with storage_errors():
             self.pool = pool(url, max_size)
 
+    def _all(self, sql: str, args: tuple[Any, ...] | list[Any]) -> list[tuple[Any, ...]]:
+        with self.pool.connection() as conn:
+            # Rows in the binary format: bytea and numbers are copied, not parsed from text.
+            return conn.execute(sql, args, binary=True).fetchall()  # type: ignore[arg-type]
+
     def all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         if has_nul(args):
             return []
-        with storage_errors(), self.pool.connection() as conn:
-            return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+        with storage_errors():
+            try:
+                return self._all(sql, args)
+            except psycopg.OperationalError:
+                self.pool.check()  # drops the idle connections that are lost too
+                return self._all(sql, args)
 
     def run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> int:
-        with storage_errors(), self.pool.connection() as conn:
-            return conn.execute(sql, args).rowcount  # type: ignore[arg-type]
+        with storage_errors():
+            for attempt in (1, 2):
+                with self.pool.connection() as conn:
+                    try:
+                        ConnectionPool.check_connection(conn)
+                    except psycopg.OperationalError:
+                        if attempt == 2:
+                            raise
+                        continue  # the pool replaces it
+                    return conn.execute(sql, args).rowcount  # type: ignore[arg-type]
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.pool.close()

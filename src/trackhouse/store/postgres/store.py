@@ -35,14 +35,14 @@ _EVENT_COLUMNS = "number, profile_id, metric_id, time, dedup_key, value, value_c
 def _text(value: bytes | None) -> str | None:
     """A bytea column back to the text it was written from (in Python: PostgreSQL's
     convert_from cannot give back a NUL)."""
-    return None if value is None else bytes(value).decode("utf-8", "surrogatepass")
+    return None if value is None else value.decode("utf-8", "surrogatepass")
 
 
 def _event(row: tuple[Any, ...]) -> EventRow:
     number, profile_id, metric_id, t, key, value, currency, properties = row
     return EventRow(
-        number, profile_id, metric_id, t, _text(key) or "", value, _text(currency),
-        bytes(properties),
+        number, profile_id, metric_id, t, key.decode("utf-8", "surrogatepass"), value,
+        None if currency is None else currency.decode("utf-8", "surrogatepass"), properties,
     )  # fmt: skip
 
 
