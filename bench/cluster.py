@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -75,7 +76,9 @@ class Run:
 class Deployment:
     """One target's processes on fresh data."""
 
-    def __init__(self, target: str, pg: PrivatePostgres, work: Path) -> None:
+    def __init__(
+        self, target: str, pg: PrivatePostgres, work: Path, py_spy: Path | None = None
+    ) -> None:
         self.target = target
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=work))
@@ -93,6 +96,8 @@ class Deployment:
             TRACKHOUSE_MAX_BACKLOG="0",
         )
         self.procs: list[subprocess.Popen] = []
+        self.spies: list[subprocess.Popen] = []  # they write their profile once the worker ends
+        self.py_spy = py_spy
 
     def _spawn(self, command: list[str], name: str) -> subprocess.Popen:
         out = open(self.dir / f"{name}.out", "wb")  # noqa: SIM115 (the child holds it)
@@ -120,7 +125,21 @@ class Deployment:
 
     def process(self) -> None:
         for n in range(self.workers):
-            self._spawn([sys.executable, "-m", "trackhouse", "process", *self.where], f"w{n}")
+            worker = self._spawn(
+                [sys.executable, "-m", "trackhouse", "process", *self.where], f"w{n}"
+            )
+            if self.py_spy is not None and n == 0:  # the first worker's profile, until it stops
+                self.record(worker.pid, "worker")
+
+    def record(self, pid: int, what: str, seconds: float | None = None) -> None:
+        """py-spy's profile of a process, into --py-spy's FILE.<target>.<what>."""
+        name = self.target.replace(" ", "-").replace("+", "_")
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        command = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
+        command += ["--output", f"{self.py_spy}.{name}.{what}", "--gil", "--threads"]
+        if seconds is not None:
+            command += ["--duration", str(max(1, int(seconds)))]
+        self.spies.append(self._spawn(command, f"py-spy-{what}"))
 
     def progress(self) -> tuple[int, int]:
         """(processed, logged) log entries."""
@@ -139,7 +158,8 @@ class Deployment:
 
     def stop(self) -> None:
         for proc in self.procs:
-            proc.terminate()
+            if proc not in self.spies:
+                proc.terminate()
         for proc in self.procs:
             try:
                 proc.wait(timeout=30)
@@ -150,7 +170,7 @@ class Deployment:
 
 def one_run(args: argparse.Namespace, target: str, run: int, pg: PrivatePostgres) -> Run:
     result = Run(target, run)
-    d = Deployment(target, pg, args.work)
+    d = Deployment(target, pg, args.work, args.py_spy)
     try:
         d.serve()
         body = args.work / "body.json"
@@ -161,6 +181,8 @@ def one_run(args: argparse.Namespace, target: str, run: int, pg: PrivatePostgres
             "-s", str(LUA), f"http://127.0.0.1:{d.port}/api/events",
             "--", str(body), PRIVATE_KEY, str(PROFILES), f"{target[:2]}{run}",
         ]  # fmt: skip
+        if args.py_spy is not None and d.api_processes == 1:  # the API process under load
+            d.record(d.procs[0].pid, "api", args.duration)
         done = subprocess.run(wrk, capture_output=True, text=True, timeout=args.duration + 120)
         m = Measurement("single", target, args.connections, run)
         parse_wrk(done.stdout, m)
@@ -200,7 +222,7 @@ def report(args: argparse.Namespace, runs: list[Run], command: str) -> str:
     def of(target: str, attr: str) -> list[float]:
         return [getattr(r, attr) for r in runs if r.target == target]
 
-    base = {a: median(of("sqlite", a)) for a in ("accept_rps", "process_entries_per_s")}
+    base = {a: median(of("sqlite", a)) or math.nan for a in ("accept_rps", "process_entries_per_s")}
     lines = [
         "## Scale-out: PostgreSQL against SQLite (bench/cluster.py)",
         "",
@@ -213,7 +235,7 @@ def report(args: argparse.Namespace, runs: list[Run], command: str) -> str:
         "| target | accept req/s | ratio | p99 ms | processing entries/s | ratio |",
         "|---|---|---|---|---|---|",
     ]
-    for target in TARGETS:
+    for target in args.targets:
         acc, proc, p99 = (
             of(target, "accept_rps"),
             of(target, "process_entries_per_s"),
@@ -242,7 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="1 run of 1 s; no report written")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, default=RAW)
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"some of: {', '.join(TARGETS)}"
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="py-spy profiles into FILE.<target>.<api|worker>: the first worker of each"
+        " target, and its API process under load (one API process only)",
+    )
     args = parser.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",")]
+    if unknown := set(args.targets) - set(TARGETS):
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.smoke:
         args.runs, args.duration = 1, 1.0
     args.wrk = ensure_wrk()
@@ -256,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         pg = PrivatePostgres().start()
         try:
             for run in range(1, args.runs + 1):
-                for target in TARGETS:
+                for target in args.targets:
                     runs.append(one_run(args, target, run, pg))
         finally:
             pg.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections import Counter
 from typing import Any
 
 import psycopg
@@ -41,6 +40,35 @@ def partition_of(s: Submission, partitions: int) -> int:
         break
     key = f"{s.account_id}\x1f{person}".encode("utf-8", "surrogatepass")
     return zlib.crc32(key) % partitions
+
+
+# Rows of several partitions are locked in partition order, so appenders cannot deadlock.
+_LOCK_HEADS = (
+    "SELECT partition FROM log_heads WHERE partition = ANY(%s) ORDER BY partition FOR UPDATE"
+)
+# The batch's entries (arrays in the binary format, %b: sent as text, the arrays of 64 entries
+# of 1 KB took 2.0 ms of psycopg's Python, in binary 0.3 ms with the round trip), placed after each partition's head in batch order; the
+# heads moved past them; each entry's seq, in batch order.
+_APPEND = """
+WITH new AS (
+    SELECT * FROM unnest(%b::int[], %b::text[], %b::text[], %b::float8[], %b::bytea[])
+        WITH ORDINALITY AS u(partition, account_id, receipt_id, received_at, submission, o)
+), heads AS (
+    UPDATE log_heads h SET head = h.head + c.n
+    FROM (SELECT partition, count(*) AS n FROM new GROUP BY partition) c
+    WHERE h.partition = c.partition
+    RETURNING h.partition, h.head - c.n AS base
+), placed AS (
+    SELECT n.*, h.base + row_number() OVER (PARTITION BY n.partition ORDER BY n.o) AS position,
+        nextval('log_entry_numbers') AS seq
+    FROM new n JOIN heads h USING (partition)
+), inserted AS (
+    INSERT INTO log_entries (partition, position, seq, account_id, receipt_id, received_at,
+        submission)
+    SELECT partition, position, seq, account_id, receipt_id, received_at, submission FROM placed
+)
+SELECT seq FROM placed ORDER BY o
+"""
 
 
 class PostgresLog(GroupCommitLog):
@@ -69,45 +97,36 @@ class PostgresLog(GroupCommitLog):
         return None
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[Pending]) -> None:
-        subs = [(p, s, row) for p in batch for s, row in zip(p.submissions, p.rows, strict=True)]
-        parts = [partition_of(s, self.partitions) for _, s, _ in subs]
-        counts = Counter(parts)
-        order = sorted(counts)
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                "SELECT partition FROM log_heads WHERE partition = ANY(%s)"
-                " ORDER BY partition FOR UPDATE",
-                (order,),
-            )
-            cur.execute(
-                "UPDATE log_heads h SET head = h.head + c.n FROM unnest(%s::int[], %s::int[])"
-                " AS c(p, n) WHERE h.partition = c.p RETURNING h.partition, h.head",
-                (order, [counts[p] for p in order]),
-            )
-            next_position = {p: head - counts[p] + 1 for p, head in cur.fetchall()}
-            cur.execute(
-                "SELECT nextval('log_entry_numbers') FROM generate_series(1, %s)", (len(subs),)
-            )
-            seqs = sorted(n for (n,) in cur.fetchall())
-            first_seq: dict[int, int] = {}
-            with cur.copy(
-                "COPY log_entries (partition, position, seq, account_id, receipt_id,"
-                " received_at, submission) FROM STDIN"
-            ) as copy:
-                for (pending, s, row), part, seq in zip(subs, parts, seqs, strict=True):
-                    position = next_position[part]
-                    next_position[part] = position + 1
-                    first_seq.setdefault(id(pending), seq)
-                    copy.write_row((part, position, seq, s.account_id, s.receipt_id,
-                                    s.received_at, row[3]))  # fmt: skip
-            for p in batch:
-                if (j := p.job) is not None:
-                    cur.execute(
-                        "INSERT INTO log_jobs VALUES (%s, %s, %s, %s, %s, %s)",
-                        (j.id, j.account_id, j.created_at, j.event_count, j.submission_count,
-                         first_seq[id(p)]),
-                    )  # fmt: skip
-        self.committed = max(self.committed, seqs[-1])
+        """One transaction, sent as a pipeline: one round trip for a batch without bulk jobs
+        (two with). Each round trip has the writer thread wait for the GIL again, from an
+        event loop that is busy parsing requests, so they are kept few."""
+        subs = [(s, row) for p in batch for s, row in zip(p.submissions, p.rows, strict=True)]
+        parts = [partition_of(s, self.partitions) for s, _ in subs]
+        columns = (
+            parts,
+            [s.account_id for s, _ in subs],
+            [s.receipt_id for s, _ in subs],
+            [s.received_at for s, _ in subs],
+            [row[3] for _, row in subs],
+        )
+        jobs = [p for p in batch if p.job is not None]
+        with conn.pipeline(), conn.transaction():
+            conn.execute(_LOCK_HEADS, (sorted(set(parts)),))
+            appended = conn.execute(_APPEND, columns)
+            if jobs:  # their first entry's seq is needed: the pipeline is synced here
+                seqs = [seq for (seq,) in appended.fetchall()]
+                at = 0
+                for p in batch:
+                    if (j := p.job) is not None:
+                        conn.execute(
+                            "INSERT INTO log_jobs VALUES (%s, %s, %s, %s, %s, %s)",
+                            (j.id, j.account_id, j.created_at, j.event_count,
+                             j.submission_count, min(seqs[at : at + len(p.rows)])),
+                        )  # fmt: skip
+                    at += len(p.rows)
+        if not jobs:
+            seqs = [seq for (seq,) in appended.fetchall()]
+        self.committed = max(self.committed, max(seqs))
 
     def get_job(self, account_id: str, job_id: str) -> BulkJob | None:
         rows = self.db.all(

@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
+
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict
 from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
 from trackhouse.store.postgres.connection import connect, has_nul, storage_errors
@@ -25,6 +27,29 @@ _CEILING = (
     " AND expires > extract(epoch FROM clock_timestamp())"
 )
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
+# A batch's events, COPYed in before they are inserted; emptied by each commit.
+_STAGING = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS events_in (o integer NOT NULL,"
+    " LIKE events) ON COMMIT DELETE ROWS"
+)
+_COPY_STAGED = (
+    "COPY events_in (o, number, account_id, profile_id, metric_id, time, dedup_key, value,"
+    " value_currency, backfill, properties, received_at) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_PROFILES = (
+    "COPY profiles (id, account_id, doc, created, updated, last_event_time, version)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+_PROFILE_TYPES = ["text", "text", "bytea", "text", "text", "int8", "int8"]
+_COPY_OUTCOMES = (
+    "COPY outcomes (seq, account_id, job_id, receipt_id, profile_id, results, job_group)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+_OUTCOME_TYPES = ["int8", "text", "text", "text", "text", "bytea", "int4"]
+_STAGED_TYPES = [
+    "int4", "int8", "text", "text", "text", "int8", "bytea", "float8", "bytea", "bool",
+    "bytea", "float8",
+]  # fmt: skip
 
 
 def _b(text: str | None) -> bytes | None:
@@ -44,8 +69,16 @@ class PostgresWriter:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.conn = connect(url)
+        self.conn = self._connect()
         self._versions: dict[str, int] = {}  # profiles read in this transaction
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A session with its staging table for a batch's events (see insert_events)."""
+        conn = connect(self.url)
+        with storage_errors():
+            conn.execute(_STAGING)
+            conn.commit()
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -53,7 +86,7 @@ class PostgresWriter:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         if self.conn.closed or self.conn.broken:
-            self.conn = connect(self.url)
+            self.conn = self._connect()
         self._versions.clear()
         with storage_errors(), self.conn.transaction():
             yield
@@ -89,7 +122,7 @@ class PostgresWriter:
         with storage_errors():
             rows = self.conn.execute(
                 "SELECT i.account_id, i.kind, i.value, i.profile_id FROM identifiers i"
-                " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(a, kind, v)"
+                " JOIN unnest(%b::text[], %b::text[], %b::bytea[]) AS k(a, kind, v)"
                 " ON i.account_id = k.a AND i.kind = k.kind AND i.value = k.v",
                 ([k[0] for k in keys], [k[1] for k in keys], [_b(k[2]) for k in keys]),
             ).fetchall()
@@ -105,7 +138,7 @@ class PostgresWriter:
         with storage_errors():
             rows = self.conn.execute(
                 "SELECT p.id, p.doc, p.version FROM profiles p"
-                " JOIN unnest(%s::text[], %s::text[]) AS k(a, id) ON p.account_id = k.a"
+                " JOIN unnest(%b::text[], %b::text[]) AS k(a, id) ON p.account_id = k.a"
                 " AND p.id = k.id",
                 ([i[0] for i in ids], [i[1] for i in ids]),
             ).fetchall()
@@ -118,8 +151,8 @@ class PostgresWriter:
     def claim_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
         with storage_errors():
             claimed = self.conn.execute(
-                "INSERT INTO identifiers SELECT * FROM unnest(%s::text[], %s::text[],"
-                " %s::bytea[], %s::text[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO identifiers SELECT * FROM unnest(%b::text[], %b::text[],"
+                " %b::bytea[], %b::text[]) ON CONFLICT DO NOTHING",
                 _columns(rows),
             ).rowcount
         if claimed != len(rows):  # another worker's transaction claimed one after we looked
@@ -128,8 +161,8 @@ class PostgresWriter:
     def release_identifiers(self, rows: list[tuple[str, str, str, str]]) -> None:
         with storage_errors():
             self.conn.execute(
-                "DELETE FROM identifiers i USING unnest(%s::text[], %s::text[], %s::bytea[],"
-                " %s::text[]) AS r(a, kind, v, pid) WHERE i.account_id = r.a"
+                "DELETE FROM identifiers i USING unnest(%b::text[], %b::text[], %b::bytea[],"
+                " %b::text[]) AS r(a, kind, v, pid) WHERE i.account_id = r.a"
                 " AND i.kind = r.kind AND i.value = r.v AND i.profile_id = r.pid",
                 _columns(rows),
             )
@@ -150,15 +183,18 @@ class PostgresWriter:
         new = [r for r in rows if r[0] not in self._versions]
         changed = sorted((r for r in rows if r[0] in self._versions), key=lambda r: r[0])
         with storage_errors(), self.conn.cursor() as cur:
-            if new:
-                cur.executemany("INSERT INTO profiles VALUES (%s, %s, %s, %s, %s, %s, 1)", new)
+            if new:  # fresh ids: a clash (StoreConflict) is all but impossible, and redone
+                with cur.copy(_COPY_PROFILES) as copy:
+                    copy.set_types(_PROFILE_TYPES)
+                    for row in new:
+                        copy.write_row((*row, 1))
             if changed:
                 versions = [self._versions[r[0]] for r in changed]
                 cur.execute(
                     "UPDATE profiles p SET doc = u.doc, updated = u.updated,"
                     " last_event_time = u.last_event_time, version = p.version + 1"
-                    " FROM unnest(%s::text[], %s::bytea[], %s::text[], %s::bigint[],"
-                    " %s::bigint[]) AS u(id, doc, updated, last_event_time, version)"
+                    " FROM unnest(%b::text[], %b::bytea[], %b::text[], %b::bigint[],"
+                    " %b::bigint[]) AS u(id, doc, updated, last_event_time, version)"
                     " WHERE p.id = u.id AND p.version = u.version",
                     (
                         [r[0] for r in changed],
@@ -204,30 +240,25 @@ class PostgresWriter:
     # -- events, outcomes, position ------------------------------------------------------
 
     def insert_events(self, rows: list[EventInsert]) -> set[int]:
+        """COPY into the session's staging table (binary: the properties go in as they are),
+        then one INSERT from it in the batch's order, so that of two rows with one dedup key
+        the first is kept. (An INSERT from unnest of arrays spent most of its time in
+        psycopg's Python dumping of the arrays.)"""
         if not rows:
             return set()
-        columns = list(zip(*rows, strict=True))
         with storage_errors():
+            with self.conn.cursor() as cur, cur.copy(_COPY_STAGED) as copy:
+                copy.set_types(_STAGED_TYPES)
+                for order, row in enumerate(rows):
+                    n, a, p, m, t, key, v, currency, backfill, properties, received = row
+                    copy.write_row((
+                        order, n, a, p, m, t, _b(key), v, _b(currency), bool(backfill),
+                        properties, received,
+                    ))  # fmt: skip
             found = self.conn.execute(
-                # In the batch's order: of two rows with one dedup key, the first is kept.
-                "INSERT INTO events SELECT n, a, p, m, t, k, v, c, b, pr, r FROM unnest("
-                "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bytea[],"
-                " %s::double precision[], %s::bytea[], %s::boolean[], %s::bytea[],"
-                " %s::double precision[]) WITH ORDINALITY AS u(n, a, p, m, t, k, v, c, b, pr, r, o)"
-                " ORDER BY o ON CONFLICT DO NOTHING RETURNING number",
-                (
-                    list(columns[0]),
-                    list(columns[1]),
-                    list(columns[2]),
-                    list(columns[3]),
-                    list(columns[4]),
-                    [_b(k) for k in columns[5]],
-                    list(columns[6]),
-                    [_b(c) for c in columns[7]],
-                    [bool(b) for b in columns[8]],
-                    list(columns[9]),
-                    list(columns[10]),
-                ),
+                "INSERT INTO events SELECT number, account_id, profile_id, metric_id, time,"
+                " dedup_key, value, value_currency, backfill, properties, received_at"
+                " FROM events_in ORDER BY o ON CONFLICT DO NOTHING RETURNING number"
             ).fetchall()
         return {n for (n,) in found}
 
@@ -245,18 +276,16 @@ class PostgresWriter:
         with (
             storage_errors(),
             self.conn.cursor() as cur,
-            cur.copy(
-                "COPY outcomes (seq, account_id, job_id, receipt_id, profile_id, results,"
-                " job_group) FROM STDIN"
-            ) as copy,
+            cur.copy(_COPY_OUTCOMES) as copy,
         ):
+            copy.set_types(_OUTCOME_TYPES)
             for row in rows:
                 copy.write_row(row)
 
     def _between_batches(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """A read outside any batch, not left open as a transaction."""
         if self.conn.closed or self.conn.broken:
-            self.conn = connect(self.url)
+            self.conn = self._connect()
         try:
             return self._one(sql, args)
         finally:
