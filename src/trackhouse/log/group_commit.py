@@ -62,15 +62,24 @@ class GroupCommitLog:
     committed = 0  # the newest position this process committed
     appended = 0  # entries this process has committed since it started
 
-    def __init__(self, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
+    def __init__(
+        self, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, writers: int = 1
+    ) -> None:
         self.max_pending_bytes = max_pending_bytes
         self._queue: deque[Pending] = deque()
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._closing = False
         self._listeners: list[Callable[[], None]] = []
-        self._thread = threading.Thread(target=self._run, name="trackhouse-log", daemon=True)
-        self._thread.start()
+        # Writers commit batches concurrently (each takes what is queued when it is free):
+        # with a log across the network one commit's round trip and fsync need not hold up
+        # the next batch. The backend orders what they write.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"trackhouse-log-{n}", daemon=True)
+            for n in range(writers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from the writer thread) after every successful commit."""
@@ -103,13 +112,13 @@ class GroupCommitLog:
                     batch = list(self._queue)
                     self._queue.clear()
                 error = self._commit(batch)
-                if error is None:
-                    self.appended += sum(len(p.rows) for p in batch)
+                with self._cond:
+                    if error is None:
+                        self.appended += sum(len(p.rows) for p in batch)
+                    self._pending_bytes -= sum(p.size for p in batch)
                 if error is None:
                     for listener in self._listeners:
                         listener()
-                with self._cond:
-                    self._pending_bytes -= sum(p.size for p in batch)
                 _wake(batch, error)
                 batch = []
         finally:
@@ -127,5 +136,6 @@ class GroupCommitLog:
     def close(self) -> None:
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
