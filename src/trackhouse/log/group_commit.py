@@ -1,8 +1,9 @@
 """Group commit: many concurrent appends, one transaction.
 
-Requests hand their submissions to `append`, which queues them and waits. One writer thread
+Requests hand their submissions to `append`, which queues them and waits. A writer thread
 takes everything queued, commits it in one transaction (`_commit`, the backend's own), then
-wakes every waiter. Under load the batches grow by themselves, so one fsync serves many
+wakes every waiter. SQLite has one writer; a backend across the network may run several, each
+taking what queued while the others commit. Under load the batches grow by themselves, so one fsync serves many
 requests; with one request in flight it costs one commit, and nobody is acknowledged before
 their commit (design.md, invariant 1).
 """
@@ -57,7 +58,7 @@ def _wake(batch: list[Pending], error: BaseException | None) -> None:
 
 
 class GroupCommitLog:
-    """The queue, the writer thread and the waking; subclasses commit a batch (`_commit`)."""
+    """The queue, the writer threads and the waking; subclasses commit a batch (`_commit`)."""
 
     committed = 0  # the newest position this process committed
     appended = 0  # entries this process has committed since it started
@@ -82,7 +83,7 @@ class GroupCommitLog:
             thread.start()
 
     def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call `listener` (from the writer thread) after every successful commit."""
+        """Call `listener` (from a writer thread) after every successful commit."""
         self._listeners.append(listener)
 
     async def append(self, submissions: list[Submission], job: BulkJob | None = None) -> None:
