@@ -3,9 +3,9 @@
 Requests hand their submissions to `append`, which queues them and waits. A writer thread
 takes everything queued, commits it in one transaction (`_commit`, the backend's own), then
 wakes every waiter. SQLite has one writer; a backend across the network may run several, each
-taking what queued while the others commit. Under load the batches grow by themselves, so one fsync serves many
-requests; with one request in flight it costs one commit, and nobody is acknowledged before
-their commit (design.md, invariant 1).
+taking what queued while the others commit. Under load the batches grow by themselves, so one
+fsync serves many requests; with one request in flight it costs one commit, and nobody is
+acknowledged before their commit (design.md, invariant 1).
 """
 
 from __future__ import annotations
