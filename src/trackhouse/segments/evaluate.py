@@ -1,0 +1,209 @@
+"""Whether a profile is in a segment, at a moment (`now`: the clock, not the wall).
+
+The rules where Klaviyo's docs are silent, decided here and tested in
+tests/test_segment_conditions.py:
+- **Unset**: a property that is absent (or null) matches no condition but `not-set`,
+  negations included: `not-equals "x"` does not match a profile without the property.
+- **Types**: a filter compares values of its own type only. A string filter matches strings,
+  a numeric one numbers (not booleans), a boolean one booleans, a list one lists, a date one
+  ISO 8601 strings (and the profile's own dates). A value of another type matches neither the
+  filter nor its negation, as if unset; `is-set` still matches it (an object value included).
+- **Text** comparisons ignore case (Unicode case folding); `regex` / `nregex` are RE2
+  patterns searched anywhere in the value, case as written.
+- **Dates** are UTC; a date without a time is its midnight, one without an offset is UTC.
+  `between-static` includes both ends; relative ranges run from `now` (in-the-last N: the N
+  units before now, at-least N: N units ago or earlier, in-the-next N: the N units after now,
+  between A and B: from B to A units ago). `anniversary`: the same month and day as today
+  (29 February on 28 February in other years); `anniversary-month`: the same month;
+  `anniversary-last` / `-next` N: this year's anniversary (or last / next year's) falls in the N
+  units before / after now; `calendar-month` M: the date's month is M.
+- **Region**: from `location.country`, as an ISO 3166 alpha-2 code or an English name; the
+  European Union is its 27 members (not the United Kingdom). No country: not in any region,
+  and not "not in" one either (unset).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from trackhouse.process.profiles import Profile
+from trackhouse.segments.definition import (
+    Condition,
+    Definition,
+    Filter,
+    Property,
+    PropertyCondition,
+    RegionCondition,
+)
+
+_EU = {
+    "AT": "austria", "BE": "belgium", "BG": "bulgaria", "HR": "croatia", "CY": "cyprus",
+    "CZ": "czechia", "DK": "denmark", "EE": "estonia", "FI": "finland", "FR": "france",
+    "DE": "germany", "GR": "greece", "HU": "hungary", "IE": "ireland", "IT": "italy",
+    "LV": "latvia", "LT": "lithuania", "LU": "luxembourg", "MT": "malta", "NL": "netherlands",
+    "PL": "poland", "PT": "portugal", "RO": "romania", "SK": "slovakia", "SI": "slovenia",
+    "ES": "spain", "SE": "sweden",
+}  # fmt: skip
+_REGIONS = {
+    "european_union": {*(c.lower() for c in _EU), *_EU.values(), "czech republic"},
+    "united_states": {"us", "usa", "united states", "united states of america"},
+}
+
+
+def value_of(profile: Profile, prop: Property) -> Any:
+    """The property's value in the profile, or None when it is unset."""
+    section = prop.section
+    if section == "identifiers":
+        return profile.identifiers.get(prop.key)
+    if section == "attributes":
+        return profile.attributes.get(prop.key)
+    if section == "location":
+        return profile.location.get(prop.key)
+    if section == "properties":
+        return profile.properties.get(prop.key)
+    if section == "last_event_date":
+        t = profile.last_event_time
+        return None if t is None else datetime.fromtimestamp(t, UTC)
+    return getattr(profile, section)  # created, updated: ISO 8601 strings
+
+
+def _as_date(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _anniversary(moment: datetime, year: int) -> date:
+    try:
+        return moment.date().replace(year=year)
+    except ValueError:  # 29 February in a year without one
+        return date(year, 2, 28)
+
+
+def _date_matches(f: Filter, moment: datetime, now: datetime) -> bool:
+    op = f.operator
+    if op == "before":
+        return moment < f.value
+    if op == "after":
+        return moment > f.value
+    if op == "between-static":
+        return f.start <= moment <= f.end
+    span = timedelta(seconds=f.seconds)
+    if op == "in-the-last":
+        return now - span <= moment <= now
+    if op == "at-least":
+        return moment <= now - span
+    if op == "in-the-next":
+        return now <= moment <= now + span
+    if op == "between":
+        return now - timedelta(seconds=f.end) <= moment <= now - timedelta(seconds=f.start)
+    if op == "calendar-month":
+        return moment.month == f.value
+    if op == "anniversary-month":
+        return moment.month == now.month
+    today = now.date()
+    if op == "anniversary":
+        return _anniversary(moment, today.year) == today
+    # anniversary-last / anniversary-next: one of the anniversaries near now is in the window
+    for year in (today.year - 1, today.year, today.year + 1):
+        if not 1 <= year <= 9999:
+            continue
+        day = _anniversary(moment, year)
+        at = datetime(day.year, day.month, day.day, moment.hour, moment.minute, tzinfo=UTC)
+        if op == "anniversary-last" and now - span <= at <= now:
+            return True
+        if op == "anniversary-next" and now <= at <= now + span:
+            return True
+    return False
+
+
+def filter_matches(f: Filter, value: Any, now: datetime) -> bool:
+    """Whether a (set or unset: None) value passes the filter."""
+    if f.type == "existence":
+        return (value is not None) == (f.operator == "is-set")
+    if value is None:
+        return False  # unset: no condition but not-set, negations included
+    kind, op = f.type, f.operator
+    if kind == "string":
+        if not isinstance(value, str):
+            return False
+        if op == "regex":
+            return f.pattern.search(value) is not None
+        if op == "nregex":
+            return f.pattern.search(value) is None
+        text = value.casefold()
+        if op == "in":
+            return text in f.value
+        if op == "not-in":
+            return text not in f.value
+        needle = f.value
+        if needle is None:  # equals null: never a set value
+            return op.startswith("not-")
+        positive, negated = op.removeprefix("not-"), op.startswith("not-")
+        if positive == "equals":
+            hit = text == needle
+        elif positive == "contains":
+            hit = needle in text
+        elif positive == "starts-with":
+            hit = text.startswith(needle)
+        else:  # ends-with
+            hit = text.endswith(needle)
+        return hit != negated
+    if kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return _compare(op, value, f.value)
+    if kind == "boolean":
+        return isinstance(value, bool) and value == f.value
+    if kind == "list":
+        if not isinstance(value, list):
+            return False
+        if op == "contains":
+            return f.value in value
+        if op == "not-contains":
+            return f.value not in value
+        return _compare(op.removeprefix("length-"), len(value), f.value)
+    moment = _as_date(value)
+    return moment is not None and _date_matches(f, moment, now)
+
+
+def _compare(op: str, left: float, right: float) -> bool:
+    if op == "equals":
+        return left == right
+    if op == "not-equals":
+        return left != right
+    if op == "greater-than":
+        return left > right
+    if op == "greater-than-or-equal":
+        return left >= right
+    if op == "less-than":
+        return left < right
+    return left <= right  # less-than-or-equal
+
+
+def _in_region(profile: Profile, condition: RegionCondition) -> bool:
+    country = profile.location.get("country")
+    if not isinstance(country, str) or not country.strip():
+        return False  # unset: neither in nor out of a region
+    inside = country.strip().casefold() in _REGIONS[condition.region]
+    return inside == condition.in_region
+
+
+def condition_matches(condition: Condition, profile: Profile, now: datetime) -> bool:
+    if isinstance(condition, PropertyCondition):
+        return filter_matches(condition.filter, value_of(profile, condition.property), now)
+    return _in_region(profile, condition)
+
+
+def matches(definition: Definition, profile: Profile, now: datetime) -> bool:
+    """Groups AND, conditions inside a group OR."""
+    return all(
+        any(condition_matches(c, profile, now) for c in group) for group in definition.groups
+    )
