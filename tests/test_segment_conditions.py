@@ -360,3 +360,192 @@ def test_a_pathological_pattern_is_evaluated_in_linear_time() -> None:
     definition = parse_definition(one_condition(P, {"type": S, "operator": "regex",
                                                     "value": "(a+)+$"}))  # fmt: skip
     assert not matches(definition, profile_with(P, "a" * 50_000 + "b!"), NOW)
+
+
+# -- profile-metric and profile-group-membership ---------------------------------------------
+
+
+class Event:
+    def __init__(self, when: str, value: float | None = None, **properties: Any) -> None:
+        self.time = int(datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp())
+        self.value = value
+        self.properties = properties
+
+
+class Facts:
+    def __init__(self, events: dict[str, list[Event]] | None = None,
+                 joined: dict[str, datetime] | None = None) -> None:  # fmt: skip
+        self._events, self._joined = events or {}, joined or {}
+
+    def events(self, metric_id: str) -> list[Event]:
+        return self._events.get(metric_id, [])
+
+    def joined(self, group_id: str) -> datetime | None:
+        return self._joined.get(group_id)
+
+
+def metric_condition(
+    measurement: str,
+    operator: str,
+    value: float,
+    timeframe: dict[str, Any] | None = None,
+    metric_filters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    condition: dict[str, Any] = {
+        "type": "profile-metric", "metric_id": "M1", "measurement": measurement,
+        "measurement_filter": {"type": "numeric", "operator": operator, "value": value},
+        "timeframe_filter": timeframe or {"type": "date", "operator": "alltime"},
+    }  # fmt: skip
+    if metric_filters is not None:
+        condition["metric_filters"] = metric_filters
+    return {"condition_groups": [{"conditions": [condition]}]}
+
+
+ORDERS = {
+    "M1": [
+        Event("2026-06-14T10:00:00", 20.0, Brand="Kids Book", Items=["a", "b"], Nested={"x": 1}),
+        Event("2026-06-01T10:00:00", 5.0, Brand="Adult Book", Items=["c"]),
+        Event("2025-01-01T10:00:00", None, Brand="Kids Book"),
+    ],
+    "M2": [Event("2026-06-15T11:00:00", 100.0)],
+}
+LAST_7_DAYS = {"type": "date", "operator": "in-the-last", "unit": "day", "quantity": 7}
+METRIC_CASES = [
+    # measurement, operator, value, timeframe, metric filters, expected
+    ("count", "equals", 3, None, None, True),
+    ("count", "greater-than", 3, None, None, False),
+    ("sum", "equals", 25.0, None, None, True),  # an event without a value adds 0
+    ("count", "equals", 1, LAST_7_DAYS, None, True),
+    ("sum", "greater-than-or-equal", 20, LAST_7_DAYS, None, True),
+    ("count", "equals", 2, {"type": "date", "operator": "at-least", "unit": "day", "quantity": 7},
+     None, True),
+    ("count", "equals", 1, {"type": "date", "operator": "before", "date": "2026-01-01T00:00:00Z"},
+     None, True),
+    ("count", "equals", 2, {"type": "date", "operator": "between-static",
+                            "start": "2026-01-01T00:00:00Z", "end": "2026-12-31T00:00:00Z"},
+     None, True),
+    ("count", "equals", 2, None,
+     [{"property": "Brand", "filter": {"type": "string", "operator": "equals",
+                                        "value": "kids book"}}], True),
+    ("count", "equals", 1, None,
+     [{"property": "Items", "filter": {"type": "list", "operator": "contains-any",
+                                        "value": ["b", "z"]}}], True),
+    ("count", "equals", 0, None,
+     [{"property": "Items", "filter": {"type": "list", "operator": "contains-all",
+                                        "value": ["a", "z"]}}], True),
+    ("count", "equals", 1, None,
+     [{"property": "Items", "filter": {"type": "list", "operator": "not-contains-any",
+                                        "value": ["a"]}}], True),  # unset Items: no match
+    ("count", "equals", 1, None,
+     [{"property": "Items", "filter": {"type": "list", "operator": "contains-substring",
+                                        "value": "B"}}], True),
+    ("count", "equals", 1, None, [{"property": "Nested", "filter": None}], True),  # is set
+    ("count", "equals", 0, None,
+     [{"property": "Nested", "filter": {"type": "string", "operator": "not-equals",
+                                         "value": "x"}}], True),  # an object is not compared
+    ("count", "equals", 1, None,
+     [{"property": "Nested", "filter": {"type": "existence", "operator": "is-set"}}], True),
+    ("count", "equals", 1, LAST_7_DAYS,
+     [{"property": "Brand", "filter": {"type": "string", "operator": "contains", "value": "kid"}},
+      {"property": "Items", "filter": {"type": "list", "operator": "length-equals", "value": 2}}],
+     True),  # every metric filter must pass
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("measurement", "operator", "value", "timeframe", "metric_filters", "expected"), METRIC_CASES
+)
+def test_metric_conditions(
+    measurement: str, operator: str, value: float, timeframe: Any, metric_filters: Any,
+    expected: bool,
+) -> None:  # fmt: skip
+    definition = parse_definition(
+        metric_condition(measurement, operator, value, timeframe, metric_filters)
+    )
+    assert matches(definition, profile_with(P, UNSET), NOW, Facts(ORDERS)) is expected
+
+
+def test_done_zero_times_matches_a_profile_without_events() -> None:
+    zero = parse_definition(metric_condition("count", "equals", 0))
+    assert matches(zero, profile_with(P, UNSET), NOW, Facts())
+    assert not matches(zero, profile_with(P, UNSET), NOW, Facts(ORDERS))
+    assert matches(parse_definition(metric_condition("sum", "less-than", 1)),
+                   profile_with(P, UNSET), NOW)  # fmt: skip
+
+
+def test_group_membership() -> None:
+    facts = Facts(
+        joined={"L1": datetime(2026, 6, 10, tzinfo=UTC), "S9": datetime(2025, 1, 1, tzinfo=UTC)}
+    )
+
+    def member(is_member: bool, ids: list[str], timeframe: Any = None) -> bool:
+        condition: dict[str, Any] = {"type": "profile-group-membership", "is_member": is_member,
+                                     "group_ids": ids}  # fmt: skip
+        if timeframe is not None:
+            condition["timeframe_filter"] = timeframe
+        definition = parse_definition({"condition_groups": [{"conditions": [condition]}]})
+        return matches(definition, profile_with(P, UNSET), NOW, facts)
+
+    assert member(True, ["L1"]) and member(True, ["L2", "S9"]) and not member(True, ["L2"])
+    assert member(False, ["L2"]) and not member(False, ["L2", "L1"])
+    assert member(True, ["L1", "S9"], LAST_7_DAYS)  # L1 was joined 5 days ago
+    assert not member(True, ["S9"], LAST_7_DAYS)
+
+
+METRIC_BAD = [
+    ({"measurement": "average"}, "/measurement", "must be one of"),
+    ({"measurement_filter": {"type": "string", "operator": "equals", "value": "1"}},
+     "/measurement_filter/type", "must be 'numeric'"),
+    ({"timeframe_filter": {"type": "date", "operator": "anniversary"}},
+     "/timeframe_filter/operator", "must be one of"),
+    ({"metric_filters": [{"property": "$extra", "filter": None}]},
+     "/metric_filters/0/property", "not segmentable"),
+    ({"metric_filters": [{"property": "x", "filter": {"type": "date", "operator": "alltime"}}]},
+     "/metric_filters/0/filter/type", "not an event property filter"),
+    ({"metric_filters": [{"property": "x", "filter": None, "negate": True}]},
+     "/metric_filters/0/negate", "unknown key"),
+    ({"metric_filters": [{"property": "", "filter": None}]}, "/metric_filters/0/property",
+     "must name"),
+    ({"metric_id": 7}, "/metric_id", "must be a string"),
+    ({"extra": 1}, "/extra", "unknown key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "pointer", "words"), METRIC_BAD)
+def test_bad_metric_conditions(change: dict[str, Any], pointer: str, words: str) -> None:
+    definition = metric_condition("count", "equals", 1)
+    definition["condition_groups"][0]["conditions"][0].update(change)
+    with pytest.raises(DefinitionError) as refused:
+        parse_definition(definition)
+    at = "/data/attributes/definition/condition_groups/0/conditions/0"
+    assert (refused.value.pointer, words in refused.value.detail) == (at + pointer, True)
+
+
+@pytest.mark.parametrize(
+    ("condition", "pointer", "words"),
+    [({"is_member": "yes", "group_ids": ["L1"]}, "/is_member", "true or false"),
+     ({"is_member": True, "group_ids": []}, "/group_ids", "1 to 100"),
+     ({"is_member": True, "group_ids": [3]}, "/group_ids/0", "must be a string"),
+     ({"is_member": False, "group_ids": ["L1"], "timeframe_filter": LAST_7_DAYS},
+      "/timeframe_filter", "unknown key"),
+     ({"is_member": True, "group_ids": ["L1"],
+       "timeframe_filter": {"type": "date", "operator": "alltime"}},
+      "/timeframe_filter/operator", "must be one of")],
+)  # fmt: skip
+def test_bad_membership_conditions(condition: dict[str, Any], pointer: str, words: str) -> None:
+    condition = {"type": "profile-group-membership", **condition}
+    with pytest.raises(DefinitionError) as refused:
+        parse_definition({"condition_groups": [{"conditions": [condition]}]})
+    at = "/data/attributes/definition/condition_groups/0/conditions/0"
+    assert refused.value.pointer == at + pointer
+    assert words in refused.value.detail
+
+
+def test_relative_dates_at_the_ends_of_time_do_not_overflow() -> None:
+    far = {"type": D, "operator": "in-the-next", "unit": "week", "quantity": 100_000}
+    definition = parse_definition(one_condition(P, far))
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
+    assert matches(definition, profile_with(P, "9999-12-31T23:30:00Z"), late)
+    early = {"type": D, "operator": "at-least", "unit": "week", "quantity": 100_000}
+    assert not matches(parse_definition(one_condition(P, early)),
+                       profile_with(P, "0001-01-02"), datetime(1, 1, 3, tzinfo=UTC))  # fmt: skip

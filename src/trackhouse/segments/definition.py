@@ -5,9 +5,11 @@ with a detail saying so — never a silent "matches nobody". Errors carry a JSON
 the request body.
 
 Conditions handled here: `profile-property` (every filter kind of the spec but phone country
-codes) and `profile-region`. The others of the spec are refused as unsupported by this server
-(postal-code distance, predictive analytics, custom objects, permissions, funnels, marketing
-consent) or not parsed yet (`profile-metric`, group membership: the next step of issue 12).
+codes), `profile-metric` (count or sum of a metric's events over a timeframe, with filters on
+the events' top-level properties), `profile-group-membership` (in, or not in, lists and
+segments; joined within a timeframe) and `profile-region`. The others of the spec are refused
+as unsupported by this server: postal-code distance, predictive analytics, custom objects,
+permissions, funnels, marketing consent.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ UNSUPPORTED_CONDITIONS = {
     "profile-metric-funnel": "funnels",
     "profile-marketing-consent": "marketing consent",
 }
-NOT_YET = ("profile-metric", "profile-group-membership", "profile-no-group-membership")
+LIST_SET_OPERATORS = frozenset(("contains-all", "contains-any", "not-contains-all",
+                                "not-contains-any"))  # fmt: skip
+LIST_SUBSTRING_OPERATORS = frozenset(("contains-substring", "not-contains-substring"))
+MAX_GROUPS = 100  # lists and segments named by one membership condition
 
 
 class DefinitionError(ValueError):
@@ -108,7 +113,29 @@ class RegionCondition:
     region: str
 
 
-Condition = PropertyCondition | RegionCondition
+@dataclass(frozen=True, slots=True)
+class MetricCondition:
+    """`measurement` (count, or sum of the events' values) of the metric's events in the
+    timeframe that pass every `metric_filters` entry, compared by `measurement_filter`."""
+
+    metric_id: str
+    measurement: str  # count | sum
+    measurement_filter: Filter  # numeric
+    timeframe: Filter  # date; operator "alltime" for every event
+    metric_filters: tuple[tuple[str, Filter], ...]  # (top-level event property, filter)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipCondition:
+    """In (is_member) one of the lists or segments, joined within `timeframe` when given; or
+    in none of them."""
+
+    is_member: bool
+    group_ids: tuple[str, ...]
+    timeframe: Filter | None
+
+
+Condition = PropertyCondition | RegionCondition | MetricCondition | MembershipCondition
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +225,9 @@ def parse_property(value: Any, pointer: str) -> Property:
     return Property(section, key)
 
 
-def parse_filter(value: Any, pointer: str) -> Filter:
+def parse_filter(value: Any, pointer: str, *, event_property: bool = False) -> Filter:
+    """A property filter. `event_property`: one of a metric condition's `metric_filters`,
+    which also take the list set and substring operators."""
     raw = _object(value, pointer, {"type", "operator"}, {"value", "unit", "quantity", "start",
                                                           "end", "date"})  # fmt: skip
     kind = _enum(raw["type"], pointer + "/type",
@@ -249,8 +278,20 @@ def parse_filter(value: Any, pointer: str) -> Filter:
         keys()
         return Filter(kind, op)
     if kind == "list":
-        op = _enum(op, at, LIST_LENGTH_OPERATORS | {"contains", "not-contains"})
+        extra = LIST_SET_OPERATORS | LIST_SUBSTRING_OPERATORS if event_property else frozenset()
+        op = _enum(op, at, LIST_LENGTH_OPERATORS | {"contains", "not-contains"} | extra)
         keys("value")
+        if op in LIST_SET_OPERATORS:
+            values = raw["value"]
+            if not isinstance(values, list) or not values or len(values) > MAX_LIST:
+                raise DefinitionError(pointer + "/value", f"must be a list of 1 to {MAX_LIST}"
+                                                          " strings")  # fmt: skip
+            for n, item in enumerate(values):
+                _string(item, f"{pointer}/value/{n}")
+            return Filter(kind, op, value=frozenset(values))
+        if op in LIST_SUBSTRING_OPERATORS:
+            text = _string(raw["value"], pointer + "/value", nullable=True)
+            return Filter(kind, op, value=None if text is None else text.casefold())
         if op in ("contains", "not-contains"):
             item = raw["value"]
             if isinstance(item, bool) or not (item is None or isinstance(item, int | str)):
@@ -259,10 +300,32 @@ def parse_filter(value: Any, pointer: str) -> Filter:
                 _string(item, pointer + "/value")
             return Filter(kind, op, value=item)
         return Filter(kind, op, value=_integer(raw["value"], pointer + "/value", 0, 1_000_000))
-    # dates
-    op = _enum(op, at, {"before", "after", "between-static", "in-the-last", "at-least",
-                        "in-the-next", "between", "anniversary", "anniversary-month",
-                        "anniversary-last", "anniversary-next", "calendar-month"})  # fmt: skip
+    return parse_date_filter(raw, pointer, set(DATE_OPERATORS))
+
+
+DATE_OPERATORS = ("before", "after", "between-static", "in-the-last", "at-least", "in-the-next",
+                  "between", "anniversary", "anniversary-month", "anniversary-last",
+                  "anniversary-next", "calendar-month")  # fmt: skip
+# A metric condition's timeframe, and a membership condition's (the spec's unions).
+TIMEFRAME_OPERATORS = {"before", "after", "between-static", "in-the-last", "at-least",
+                       "in-the-next", "between", "anniversary-last", "anniversary-next",
+                       "alltime"}  # fmt: skip
+JOINED_OPERATORS = {"before", "after", "between-static", "in-the-last", "at-least",
+                    "in-the-next", "between"}  # fmt: skip
+
+
+def parse_date_filter(raw: Any, pointer: str, operators: set[str]) -> Filter:
+    raw = _object(raw, pointer, {"type", "operator"}, {"unit", "quantity", "start", "end",
+                                                        "date", "value"})  # fmt: skip
+    kind = _enum(raw["type"], pointer + "/type", {"date"})
+    op = _enum(raw["operator"], pointer + "/operator", operators)
+
+    def keys(*required: str) -> None:
+        _object(raw, pointer, {"type", "operator", *required}, set())
+
+    if op == "alltime":
+        keys()
+        return Filter(kind, op)
     if op in ("before", "after"):
         keys("date")
         return Filter(kind, op, value=_date(raw["date"], pointer + "/date"))
@@ -309,13 +372,66 @@ def parse_condition(value: Any, pointer: str) -> Condition:
         if not isinstance(raw["in_region"], bool):
             raise DefinitionError(pointer + "/in_region", "must be true or false")
         return RegionCondition(raw["in_region"], _enum(raw["region"], pointer + "/region", REGIONS))
+    if kind == "profile-metric":
+        raw = _object(value, pointer, {"type", "metric_id", "measurement", "measurement_filter",
+                                       "timeframe_filter"}, {"metric_filters"})  # fmt: skip
+        metric_id = _string(raw["metric_id"], pointer + "/metric_id")
+        assert metric_id is not None
+        measurement = _enum(raw["measurement"], pointer + "/measurement", {"count", "sum"})
+        measured = parse_filter(raw["measurement_filter"], pointer + "/measurement_filter")
+        if measured.type != "numeric":
+            raise DefinitionError(pointer + "/measurement_filter/type", "must be 'numeric'")
+        timeframe = parse_date_filter(
+            raw["timeframe_filter"], pointer + "/timeframe_filter", TIMEFRAME_OPERATORS
+        )
+        filters_raw = raw.get("metric_filters") or []
+        if not isinstance(filters_raw, list) or len(filters_raw) > MAX_CONDITIONS:
+            detail = f"must be a list of at most {MAX_CONDITIONS} filters"
+            raise DefinitionError(pointer + "/metric_filters", detail)
+        metric_filters = []
+        for n, item in enumerate(filters_raw):
+            at = f"{pointer}/metric_filters/{n}"
+            entry = _object(item, at, {"property"}, {"filter"})
+            name = _string(entry["property"], at + "/property")
+            if not name:
+                raise DefinitionError(at + "/property", "must name an event property")
+            if name == "$extra":
+                raise DefinitionError(at + "/property", "'$extra' holds values that are not"
+                                                        " segmentable")  # fmt: skip
+            if entry.get("filter") is None:  # the spec allows null: the property is present
+                rule = Filter("existence", "is-set")
+            else:
+                if isinstance(entry["filter"], dict) and entry["filter"].get("type") == "date":
+                    detail = "dates are not an event property filter (the spec has none)"
+                    raise DefinitionError(at + "/filter/type", detail)
+                rule = parse_filter(entry["filter"], at + "/filter", event_property=True)
+            metric_filters.append((name, rule))
+        return MetricCondition(metric_id, measurement, measured, timeframe, tuple(metric_filters))
+    if kind == "profile-group-membership":
+        if not isinstance(value.get("is_member"), bool):
+            raise DefinitionError(pointer + "/is_member", "must be true or false")
+        member = value["is_member"]
+        optional = {"timeframe_filter"} if member else set()
+        raw = _object(value, pointer, {"type", "is_member", "group_ids"}, optional)
+        ids = raw["group_ids"]
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_GROUPS:
+            raise DefinitionError(pointer + "/group_ids", f"must be a list of 1 to {MAX_GROUPS}"
+                                                          " list or segment ids")  # fmt: skip
+        for n, group_id in enumerate(ids):
+            if not _string(group_id, f"{pointer}/group_ids/{n}"):
+                raise DefinitionError(f"{pointer}/group_ids/{n}", "must be a list or segment id")
+        joined = raw.get("timeframe_filter")
+        when = (
+            None
+            if joined is None
+            else parse_date_filter(joined, pointer + "/timeframe_filter", JOINED_OPERATORS)
+        )
+        return MembershipCondition(member, tuple(ids), when)
     if isinstance(kind, str):
         for prefix, what in UNSUPPORTED_CONDITIONS.items():
             if kind.startswith(prefix):
                 detail = f"{kind!r} conditions are not supported by this server ({what})"
                 raise DefinitionError(pointer + "/type", detail)
-        if kind in NOT_YET:
-            raise DefinitionError(pointer + "/type", f"{kind!r} conditions are not supported yet")
     raise DefinitionError(pointer + "/type", "unknown condition type")
 
 

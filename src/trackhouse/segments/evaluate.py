@@ -17,6 +17,16 @@ tests/test_segment_conditions.py:
   (29 February on 28 February in other years); `anniversary-month`: the same month;
   `anniversary-last` / `-next` N: this year's anniversary (or last / next year's) falls in the N
   units before / after now; `calendar-month` M: the date's month is M.
+- **Metrics**: `count` is the number of the metric's events in the timeframe that pass every
+  metric filter, `sum` the sum of their values (an event without a value adds 0); a profile
+  with no such event has a count and a sum of 0, so "done 0 times" matches it. Metric filters
+  are the property filters above, on the event's top-level properties (an object value only
+  passes `is-set`), plus `contains-all` / `-any` and `contains-substring` on lists of strings
+  (negated forms: not all / none / no element containing it). Backfilled events count: backfill
+  only keeps flows from triggering. The timeframe's relative operators are taken from `now`;
+  `alltime` is every event.
+- **Membership**: `is_member: true` matches a profile in at least one of the lists or segments
+  (and, with a timeframe, one it joined within it); `false`, one in none of them.
 - **Region**: from `location.country`, as an ISO 3166 alpha-2 code or an English name; the
   European Union is its 27 members (not the United Kingdom). No country: not in any region,
   and not "not in" one either (unset).
@@ -24,18 +34,47 @@ tests/test_segment_conditions.py:
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
 
 from trackhouse.process.profiles import Profile
 from trackhouse.segments.definition import (
     Condition,
     Definition,
     Filter,
+    MembershipCondition,
+    MetricCondition,
     Property,
     PropertyCondition,
     RegionCondition,
 )
+
+
+class MetricEvent(Protocol):
+    time: int  # unix seconds
+    value: float | None
+    properties: dict[str, Any]
+
+
+class ProfileFacts(Protocol):
+    """What conditions beyond the profile's own document need: its events of a metric, and
+    when it joined a list or segment (None: not a member)."""
+
+    def events(self, metric_id: str) -> Iterable[MetricEvent]: ...
+
+    def joined(self, group_id: str) -> datetime | None: ...
+
+
+class NoFacts:
+    """A profile with no events and no memberships."""
+
+    def events(self, metric_id: str) -> Iterable[MetricEvent]:
+        return ()
+
+    def joined(self, group_id: str) -> datetime | None:
+        return None
+
 
 _EU = {
     "AT": "austria", "BE": "belgium", "BG": "bulgaria", "HR": "croatia", "CY": "cyprus",
@@ -95,15 +134,17 @@ def _date_matches(f: Filter, moment: datetime, now: datetime) -> bool:
         return moment > f.value
     if op == "between-static":
         return f.start <= moment <= f.end
-    span = timedelta(seconds=f.seconds)
+    # Relative ranges in seconds since 1970: a range reaching past year 1 or 9999 (a clock set
+    # near either end) cannot overflow.
+    at, t, span = now.timestamp(), moment.timestamp(), f.seconds
     if op == "in-the-last":
-        return now - span <= moment <= now
+        return at - span <= t <= at
     if op == "at-least":
-        return moment <= now - span
+        return t <= at - span
     if op == "in-the-next":
-        return now <= moment <= now + span
+        return at <= t <= at + span
     if op == "between":
-        return now - timedelta(seconds=f.end) <= moment <= now - timedelta(seconds=f.start)
+        return at - f.end <= t <= at - f.start
     if op == "calendar-month":
         return moment.month == f.value
     if op == "anniversary-month":
@@ -116,10 +157,11 @@ def _date_matches(f: Filter, moment: datetime, now: datetime) -> bool:
         if not 1 <= year <= 9999:
             continue
         day = _anniversary(moment, year)
-        at = datetime(day.year, day.month, day.day, moment.hour, moment.minute, tzinfo=UTC)
-        if op == "anniversary-last" and now - span <= at <= now:
+        when = datetime(day.year, day.month, day.day, moment.hour, moment.minute, tzinfo=UTC)
+        w = when.timestamp()
+        if op == "anniversary-last" and at - span <= w <= at:
             return True
-        if op == "anniversary-next" and now <= at <= now + span:
+        if op == "anniversary-next" and at <= w <= at + span:
             return True
     return False
 
@@ -196,14 +238,70 @@ def _in_region(profile: Profile, condition: RegionCondition) -> bool:
     return inside == condition.in_region
 
 
-def condition_matches(condition: Condition, profile: Profile, now: datetime) -> bool:
+def _event_passes(f: Filter, value: Any, now: datetime) -> bool:
+    """A metric filter on one event property (the property filters, and list set/substring)."""
+    if f.type == "list" and f.operator in (
+        "contains-all", "contains-any", "not-contains-all", "not-contains-any",
+        "contains-substring", "not-contains-substring",
+    ):  # fmt: skip
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return False
+        if f.operator.endswith("substring"):
+            if f.value is None:
+                return f.operator.startswith("not-")
+            hit = any(f.value in v.casefold() for v in value)
+            return hit != f.operator.startswith("not-")
+        present = set(value)
+        every = f.operator.endswith("-all")
+        hit = f.value <= present if every else not f.value.isdisjoint(present)
+        return hit != f.operator.startswith("not-")
+    if isinstance(value, dict):  # an object is not segmentable: only is-set sees it
+        return f.type == "existence" and f.operator == "is-set"
+    return filter_matches(f, value, now)
+
+
+def _metric_matches(condition: MetricCondition, facts: ProfileFacts, now: datetime) -> bool:
+    frame = condition.timeframe
+    count, total = 0, 0.0
+    for event in facts.events(condition.metric_id):
+        moment = datetime.fromtimestamp(event.time, UTC)
+        if frame.operator != "alltime" and not _date_matches(frame, moment, now):
+            continue
+        props = event.properties
+        if all(_event_passes(f, props.get(name), now) for name, f in condition.metric_filters):
+            count += 1
+            total += event.value or 0.0
+    measured = count if condition.measurement == "count" else total
+    return _compare(condition.measurement_filter.operator, measured,
+                    condition.measurement_filter.value)  # fmt: skip
+
+
+def _membership_matches(condition: MembershipCondition, facts: ProfileFacts, now: datetime) -> bool:
+    def member(group_id: str) -> bool:
+        joined = facts.joined(group_id)
+        when = condition.timeframe
+        return joined is not None and (when is None or _date_matches(when, joined, now))
+
+    return any(member(g) for g in condition.group_ids) == condition.is_member
+
+
+def condition_matches(
+    condition: Condition, profile: Profile, now: datetime, facts: ProfileFacts
+) -> bool:
     if isinstance(condition, PropertyCondition):
         return filter_matches(condition.filter, value_of(profile, condition.property), now)
+    if isinstance(condition, MetricCondition):
+        return _metric_matches(condition, facts, now)
+    if isinstance(condition, MembershipCondition):
+        return _membership_matches(condition, facts, now)
     return _in_region(profile, condition)
 
 
-def matches(definition: Definition, profile: Profile, now: datetime) -> bool:
+def matches(
+    definition: Definition, profile: Profile, now: datetime, facts: ProfileFacts | None = None
+) -> bool:
     """Groups AND, conditions inside a group OR."""
+    known = facts if facts is not None else NoFacts()
     return all(
-        any(condition_matches(c, profile, now) for c in group) for group in definition.groups
+        any(condition_matches(c, profile, now, known) for c in group) for group in definition.groups
     )
