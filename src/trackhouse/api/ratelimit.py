@@ -40,6 +40,8 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "event_related": Limit(350, 3500),  # GET /api/events/{id}/metric|profile, relationships
     "metrics": Limit(10, 150),  # GET /api/metrics, /api/metrics/{id}
     "aggregates": Limit(3, 60),  # POST /api/metric-aggregates
+    "lists": Limit(75, 750),  # GET /api/lists, /api/lists/{id}
+    "list_write": Limit(10, 150),  # POST /api/lists, PATCH and DELETE /api/lists/{id}
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 ALL_SCOPES: tuple[str, ...] = (
     "events:read",
     "events:write",
+    "lists:read",
+    "lists:write",
     "metrics:read",
     "metrics:write",
     "profiles:read",

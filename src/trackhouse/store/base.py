@@ -120,6 +120,32 @@ class MetricRow:
     created: str
 
 
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    """A list's own attributes (its members are rows of `list_members`)."""
+
+    id: str
+    name: str
+    opt_in_process: str  # double_opt_in | single_opt_in
+    created: str  # ISO 8601, UTC, to the second
+    updated: str
+
+
+@dataclass
+class ListQuery:
+    """A page of an account's lists: filters, order and where the page starts."""
+
+    account_id: str
+    ids: list[str] | None = None  # any of these
+    names: list[str] | None = None  # any of these
+    created_after: str | None = None  # created > this (ISO 8601, UTC, to the second)
+    updated_after: str | None = None
+    sort: str = "id"  # id, name, created or updated; ties broken by id
+    descending: bool = False
+    after: tuple[str, str] | None = None  # (sort value, id) of the row before this page
+    limit: int = 10
+
+
 @dataclass
 class EventQuery:
     """A page of an account's events: filters, order and where the page starts."""
@@ -275,6 +301,23 @@ class Store(Protocol):
         limit: int = 100,
         q: ProfileQuery | None = None,
     ) -> list[bytes]: ...
+
+    # -- lists: written by the API process itself (their members, by processing) ----------
+
+    def add_list(self, account_id: str, row: ListRow) -> bool:
+        """Store a new list; False if its id is taken (draw another)."""
+
+    def lists(self, q: ListQuery) -> list[ListRow]: ...
+
+    def update_list(
+        self, account_id: str, list_id: str, changes: dict[str, str], updated: str
+    ) -> ListRow | None:
+        """Set `changes` (name, opt_in_process) and `updated`; the list, or None if absent."""
+
+    def delete_list(self, account_id: str, list_id: str) -> bool:
+        """Delete a list and its memberships; False if there was no such list."""
+
+    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]: ...
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Delete what the account had accepted when called, once every worker has processed

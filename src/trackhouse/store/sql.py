@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trackhouse.store.base import EventQuery, ProfileQuery
+from trackhouse.store.base import EventQuery, ListQuery, ProfileQuery
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,46 @@ def profile_page(
         f" WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT {p}"
     )
     return sql, [*args, limit]
+
+
+LIST_COLUMNS = "id, name, opt_in_process, created, updated"
+LIST_SORTS = ("id", "name", "created", "updated")
+
+
+def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
+    p = d.param
+    where = [f"account_id = {p}"]
+    args: list[Any] = [q.account_id]
+    for column, values in (("id", q.ids), ("name", q.names)):
+        if values is not None:
+            clause, matched = d.one_of(column, values)
+            where.append(clause)
+            args += matched
+    for column, low in (("created", q.created_after), ("updated", q.updated_after)):
+        if low is not None:
+            where.append(f"{column} > {p}")
+            args.append(low)
+    assert q.sort in LIST_SORTS
+    order = "DESC" if q.descending else "ASC"
+    if q.after is not None:
+        if q.sort == "id":
+            where.append(f"id {_after(q.descending)} {p}")
+            args.append(q.after[1])
+        else:
+            where.append(f"({q.sort}, id) {_after(q.descending)} ({p}, {p})")
+            args += list(q.after)
+    ordering = f"id {order}" if q.sort == "id" else f"{q.sort} {order}, id {order}"
+    sql = (
+        f"SELECT {LIST_COLUMNS} FROM lists WHERE {' AND '.join(where)}"
+        f" ORDER BY {ordering} LIMIT {p}"
+    )
+    return sql, [*args, q.limit]
+
+
+def list_profile_counts(d: Dialect, account_id: str, ids: list[str]) -> tuple[str, list[Any]]:
+    clause, matched = d.one_of("list_id", ids)
+    sql = (
+        f"SELECT list_id, count(*) FROM list_members WHERE account_id = {d.param} AND {clause}"
+        " GROUP BY list_id"
+    )
+    return sql, [account_id, *matched]

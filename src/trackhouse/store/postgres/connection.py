@@ -102,6 +102,16 @@ class Reader:
                 return self._all(sql, args)
 
     def run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> int:
+        """A write; how many rows it changed."""
+        return self._write(sql, args, fetch=False)[0]
+
+    def write_rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple]:
+        """A write with RETURNING; its rows."""
+        return self._write(sql, args, fetch=True)[1]
+
+    def _write(
+        self, sql: str, args: tuple[Any, ...] | list[Any], fetch: bool
+    ) -> tuple[int, list[tuple]]:
         with storage_errors():
             for attempt in (1, 2):
                 with self.pool.connection() as conn:
@@ -111,7 +121,8 @@ class Reader:
                         if attempt == 2:
                             raise
                         continue  # the pool replaces it
-                    return conn.execute(sql, args).rowcount  # type: ignore[arg-type]
+                    cur = conn.execute(sql, args, binary=True)  # type: ignore[arg-type]
+                    return cur.rowcount, cur.fetchall() if fetch else []
         raise AssertionError("unreachable")
 
     def close(self) -> None:

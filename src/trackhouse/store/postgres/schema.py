@@ -16,7 +16,7 @@ import psycopg
 
 logger = logging.getLogger("trackhouse.store")
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: lists and list_members
 # The log's partitions: entries are spread over them by account and person, and each is
 # processed in order by one worker at a time. More partitions than workers lets work be
 # shared out evenly; the count is fixed when the schema is created.
@@ -136,6 +136,27 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
+
+-- Lists (written by the API processes) and their members (written by processing).
+CREATE TABLE IF NOT EXISTS lists (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    opt_in_process text COLLATE "C" NOT NULL,
+    created text COLLATE "C" NOT NULL,
+    updated text COLLATE "C" NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lists_name ON lists (account_id, name, id);
+CREATE INDEX IF NOT EXISTS lists_created ON lists (account_id, created, id);
+CREATE INDEX IF NOT EXISTS lists_updated ON lists (account_id, updated, id);
+CREATE TABLE IF NOT EXISTS list_members (
+    account_id text COLLATE "C" NOT NULL,
+    list_id text COLLATE "C" NOT NULL,
+    profile_id text COLLATE "C" NOT NULL,
+    joined_at text COLLATE "C" NOT NULL,
+    PRIMARY KEY (account_id, list_id, profile_id)
+);
+CREATE INDEX IF NOT EXISTS list_members_profile ON list_members (account_id, profile_id);
 
 CREATE TABLE IF NOT EXISTS accounts (
     id text COLLATE "C" PRIMARY KEY,

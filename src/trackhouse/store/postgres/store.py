@@ -18,6 +18,8 @@ from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
     EventRow,
+    ListQuery,
+    ListRow,
     MetricRow,
     Outcome,
     ProfileQuery,
@@ -130,6 +132,47 @@ class PostgresStore:
             MetricRow(i, _text(name) or "", _text(service) or "", created)
             for i, name, service, created in self.db.all(sql, args)
         ]
+
+    # -- lists -----------------------------------------------------------------------------
+
+    def add_list(self, account_id: str, row: ListRow) -> bool:
+        return (
+            self.db.run(
+                "INSERT INTO lists VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated),
+            )
+            == 1
+        )
+
+    def lists(self, q: ListQuery) -> list[ListRow]:
+        sql, args = sql_reads.list_page(_SQL, q)
+        return [ListRow(*r) for r in self.db.all(sql, args)]
+
+    def update_list(
+        self, account_id: str, list_id: str, changes: dict[str, str], updated: str
+    ) -> ListRow | None:
+        sets = "".join(f"{column} = %s, " for column in changes)  # name, opt_in_process
+        rows = self.db.write_rows(
+            f"UPDATE lists SET {sets}updated = %s WHERE id = %s AND account_id = %s"
+            f" RETURNING {sql_reads.LIST_COLUMNS}",
+            (*changes.values(), updated, list_id, account_id),
+        )
+        return ListRow(*rows[0]) if rows else None
+
+    def delete_list(self, account_id: str, list_id: str) -> bool:
+        rows = self.db.write_rows(
+            "WITH gone AS (DELETE FROM lists WHERE id = %s AND account_id = %s RETURNING id),"
+            " members AS (DELETE FROM list_members m USING gone WHERE m.account_id = %s"
+            " AND m.list_id = gone.id) SELECT count(*) FROM gone",
+            (list_id, account_id, account_id),
+        )
+        return bool(rows and rows[0][0])
+
+    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
+        if not list_ids:
+            return {}
+        sql, args = sql_reads.list_profile_counts(_SQL, account_id, list_ids)
+        return dict(self.db.all(sql, args))  # type: ignore[arg-type]
 
     def profiles(
         self,

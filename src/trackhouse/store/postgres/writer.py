@@ -26,7 +26,8 @@ _CEILING = (
     "SELECT min(ceiling) FROM holds WHERE partition = %s"
     " AND expires > extract(epoch FROM clock_timestamp())"
 )
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
+# An account's data (list_members before lists: nothing refers to a list but its members).
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members", "lists")
 # A batch's events, COPYed in before they are inserted; emptied by each commit.
 _STAGING = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS events_in (o integer NOT NULL,"

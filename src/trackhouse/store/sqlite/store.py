@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from trackhouse.identifiers import email_key
 from trackhouse.store import sql as sql_reads
@@ -23,6 +23,8 @@ from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
     EventRow,
+    ListQuery,
+    ListRow,
     MetricRow,
     Outcome,
     ProfileQuery,
@@ -33,7 +35,7 @@ from trackhouse.store.base import (
 if TYPE_CHECKING:
     from trackhouse.store.sqlite.writer import SQLiteWriter
 from trackhouse.log import EventLog, LogMismatch
-from trackhouse.store import ProcessorRunning, ResetElsewhere
+from trackhouse.store import ProcessorRunning, ResetElsewhere, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
@@ -102,6 +104,26 @@ CREATE TABLE IF NOT EXISTS outcomes (
     results BLOB NOT NULL,         -- msgpack [[outcome, event number, detail], ...] by event
     job_group INTEGER              -- a bulk job's profile group: its index in the request
 );
+-- Lists (written by the API process) and their members (written by processing).
+CREATE TABLE IF NOT EXISTS lists (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    opt_in_process TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lists_name ON lists (account_id, name, id);
+CREATE INDEX IF NOT EXISTS lists_created ON lists (account_id, created, id);
+CREATE INDEX IF NOT EXISTS lists_updated ON lists (account_id, updated, id);
+CREATE TABLE IF NOT EXISTS list_members (
+    account_id TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    joined_at TEXT NOT NULL,
+    PRIMARY KEY (account_id, list_id, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS list_members_profile ON list_members (account_id, profile_id);
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
@@ -112,6 +134,26 @@ POSITION = "processor"  # the positions row of the embedded log's one partition
 IDENTIFIER_KEYS = "2"
 _SQL = sql_reads.Dialect(param="?", number="rowid", array_params=False)
 _EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
+
+
+class _StorageErrors:
+    """`with storage_errors:` turns SQLite's OperationalError into StoreUnavailable. A class,
+    not a @contextmanager generator: it runs several times per event, and costs a fifth."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
+        if kind is not None and issubclass(kind, sqlite3.OperationalError):
+            raise StoreUnavailable(str(exc)) from exc
+        return False
+
+
+storage_errors = _StorageErrors()
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -344,6 +386,59 @@ class SQLiteStore:
     ) -> list[MetricRow]:  # fmt: skip
         sql, args = sql_reads.metric_page(_SQL, account_id, ids, after, limit)
         return [MetricRow(*r) for r in self._all(sql, tuple(args))]
+
+    # -- lists -----------------------------------------------------------------------------
+
+    def _run(self, sql: str, args: tuple[Any, ...]) -> int:
+        with self._lock, storage_errors:
+            return self._conn.execute(sql, args).rowcount
+
+    def add_list(self, account_id: str, row: ListRow) -> bool:
+        return (
+            self._run(
+                "INSERT OR IGNORE INTO lists VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated),
+            )
+            == 1
+        )
+
+    def lists(self, q: ListQuery) -> list[ListRow]:
+        sql, args = sql_reads.list_page(_SQL, q)
+        return [ListRow(*r) for r in self._all(sql, tuple(args))]
+
+    def update_list(
+        self, account_id: str, list_id: str, changes: dict[str, str], updated: str
+    ) -> ListRow | None:
+        sets = "".join(f"{column} = ?, " for column in changes)  # name, opt_in_process
+        self._run(
+            f"UPDATE lists SET {sets}updated = ? WHERE id = ? AND account_id = ?",
+            (*changes.values(), updated, list_id, account_id),
+        )
+        found = self.lists(ListQuery(account_id, ids=[list_id], limit=1))
+        return found[0] if found else None
+
+    def delete_list(self, account_id: str, list_id: str) -> bool:
+        with self._lock, storage_errors:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "DELETE FROM list_members WHERE account_id = ? AND list_id = ?",
+                    (account_id, list_id),
+                )
+                gone = self._conn.execute(
+                    "DELETE FROM lists WHERE id = ? AND account_id = ?", (list_id, account_id)
+                ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return gone == 1
+
+    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
+        if not list_ids:
+            return {}
+        sql, args = sql_reads.list_profile_counts(_SQL, account_id, list_ids)
+        return dict(self._all(sql, tuple(args)))  # type: ignore[arg-type]
 
     def profiles(
         self,

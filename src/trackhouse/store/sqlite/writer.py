@@ -13,33 +13,14 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
 
-from trackhouse.store import ProcessingFenced, StoreUnavailable
+from trackhouse.store import ProcessingFenced
 from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
 from trackhouse.store.sqlite.store import POSITION, connect
+from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes")  # an account's data
-
-
-class _StorageErrors:
-    """`with _storage_errors:` turns SQLite's OperationalError into StoreUnavailable. A class,
-    not a @contextmanager generator: it runs several times per event, and costs a fifth."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> Literal[False]:
-        if kind is not None and issubclass(kind, sqlite3.OperationalError):
-            raise StoreUnavailable(str(exc)) from exc
-        return False
-
-
-_storage_errors = _StorageErrors()
+# An account's data (list_members before lists: nothing refers to a list but its members).
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members", "lists")
 
 
 class SQLiteWriter:

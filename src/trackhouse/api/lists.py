@@ -1,0 +1,255 @@
+"""Klaviyo's Lists API: POST/GET /api/lists, GET/PATCH/DELETE /api/lists/{id}.
+
+Lists are written by the API process straight into the store (a create answers 201 with the
+list, and a GET right after finds it); their members will be changed through the log, like
+events (docs/segments.md). Names are 1 to 1,000 characters, without NUL; ids are Klaviyo's
+6-character style. Klaviyo's daily creation limit (150 a day) is not enforced: it would break
+test suites (design.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
+from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
+from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
+from trackhouse.query.events import sparse
+from trackhouse.query.filters import FilterError, instant
+from trackhouse.store.base import ListQuery, ListRow, Store
+
+LIST_FIELDS = ("created", "id", "name", "opt_in_process", "updated")
+SORTS = ("created", "-created", "id", "-id", "name", "-name", "updated", "-updated")
+INCLUDES = ("flow-triggers", "tags")
+PAGE = 10  # Klaviyo's page size for lists: 1 to 10
+MAX_NAME = 1000
+OPT_IN = Literal["double_opt_in", "single_opt_in"]
+DEFAULT_OPT_IN = "single_opt_in"  # "If not provided, uses account default": ours is single
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class CreateAttributes(_Wire):
+    name: str
+    opt_in_process: OPT_IN | None = None
+
+
+class CreateData(_Wire):
+    type: Literal["list"]
+    attributes: CreateAttributes
+
+
+class CreateQuery(_Wire):
+    data: CreateData
+
+
+class UpdateAttributes(_Wire):
+    name: str | None = None
+    opt_in_process: OPT_IN | None = None
+
+
+class UpdateData(_Wire):
+    type: Literal["list"]
+    id: str
+    attributes: UpdateAttributes
+
+
+class UpdateQuery(_Wire):
+    data: UpdateData
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _name(name: str, pointer: str) -> str:
+    if not name.strip():
+        raise invalid("The list name must not be empty.", pointer)
+    if len(name) > MAX_NAME:
+        raise invalid(f"The list name must be at most {MAX_NAME} characters.", pointer)
+    if "\x00" in name:
+        raise invalid("The list name must not contain NUL characters.", pointer)
+    return name
+
+
+def list_resource(
+    row: ListRow, base: str, profile_count: int | None = None, included: bool = False
+) -> dict[str, Any]:
+    url = f"{base}/api/lists/{row.id}"
+    attributes: dict[str, Any] = {
+        "name": row.name,
+        "created": row.created,
+        "updated": row.updated,
+        "opt_in_process": row.opt_in_process,
+    }
+    if profile_count is not None:
+        attributes["profile_count"] = profile_count
+    relationships: dict[str, Any] = {}
+    for name in ("profiles", "tags", "flow-triggers"):
+        relationships[name] = {
+            "links": {"self": f"{url}/relationships/{name}", "related": f"{url}/{name}"}
+        }
+        if included and name != "profiles":
+            relationships[name]["data"] = []  # no tags, and no flows trigger on it yet
+    return {
+        "type": "list",
+        "id": row.id,
+        "attributes": attributes,
+        "relationships": relationships,
+        "links": {"self": url},
+    }
+
+
+def _find(request: Request, caller: Caller) -> ListRow:
+    list_id = request.path_params["list_id"]
+    found = None
+    if 0 < len(list_id) <= 64 and "\x00" not in list_id:
+        rows = _store(request).lists(ListQuery(caller.account_id, ids=[list_id], limit=1))
+        found = rows[0] if rows else None
+    if found is None:
+        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+    return found
+
+
+def _additional(request: Request) -> bool:
+    """`additional-fields[list]=profile_count`."""
+    text = request.query_params.get("additional-fields[list]")
+    if text is None:
+        return False
+    wanted = {f.strip() for f in text.split(",") if f.strip()}
+    if wanted - {"profile_count"}:
+        raise invalid_parameter(
+            "additional-fields[list]", "'profile_count' is the only additional field of a list."
+        )
+    return "profile_count" in wanted
+
+
+async def create_list(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
+    require_json_content_type(request)
+    attrs = decode_json(await read_body(request, 1 * MB), CreateQuery).data.attributes
+    now = _now()
+    row = ListRow("", _name(attrs.name, "/data/attributes/name"),
+                  attrs.opt_in_process or DEFAULT_OPT_IN, now, now)  # fmt: skip
+    store = _store(request)
+    while True:  # a random id that is taken: draw another
+        list_id = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))
+        row = ListRow(list_id, row.name, row.opt_in_process, row.created, row.updated)
+        if store.add_list(caller.account_id, row):
+            break
+    resource = list_resource(row, base_url(request))
+    fields = ListRequest.fields_of(request, "list")
+    return jsonapi_response(201, {"data": sparse(resource, fields)}, caller.headers)
+
+
+async def get_lists(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="lists")
+    q = ListRequest.parse(request, default_size=PAGE, max_size=PAGE, sorts=SORTS,
+                          includes=INCLUDES, fields={"list": LIST_FIELDS})  # fmt: skip
+    query = ListQuery(caller.account_id, limit=q.size + 1)
+    for c in q.filters:
+        if c.field in ("id", "name") and c.op in ("equals", "any"):
+            values = list(c.value) if c.op == "any" else [c.value]  # type: ignore[arg-type]
+            if not values or not all(isinstance(v, str) for v in values):
+                raise q.bad_filter(f"{c.field} must be compared with strings")
+            setattr(query, "ids" if c.field == "id" else "names", values)
+        elif c.field in ("created", "updated") and c.op == "greater-than":
+            try:
+                seconds = instant(c.value)
+            except FilterError as exc:
+                raise q.bad_filter(str(exc)) from None
+            at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+            setattr(query, f"{c.field}_after", at)
+        else:
+            raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
+    sort = q.sort or "id"
+    query.sort, query.descending = sort.lstrip("-"), sort.startswith("-")
+    after = q.cursor_value(list)
+    if after is not None:
+        if len(after) != 2 or not all(isinstance(v, str) and len(v) <= 2 * MAX_NAME
+                                      for v in after):  # fmt: skip
+            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
+        query.after = (after[0], after[1])
+    rows = _store(request).lists(query)
+    page, more = rows[: q.size], len(rows) > q.size
+    last = page[-1] if page else None
+    next_value = None
+    if more and last is not None:
+        next_value = [getattr(last, query.sort), last.id]
+    base, included = base_url(request), bool(q.include)
+    fields = q.fields.get("list")
+    document: dict[str, Any] = {
+        "data": [sparse(list_resource(r, base, included=included), fields) for r in page],
+        "links": page_links(request, next_value),
+    }
+    if included:
+        document["included"] = []
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_list(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="lists")
+    q = ListRequest.parse(request, default_size=1, max_size=1, includes=INCLUDES,
+                          fields={"list": (*LIST_FIELDS, "profile_count")})  # fmt: skip
+    counted = _additional(request)
+    row = _find(request, caller)
+    count = None
+    if counted:
+        count = _store(request).list_profile_counts(caller.account_id, [row.id]).get(row.id, 0)
+    resource = list_resource(row, base_url(request), count, included=bool(q.include))
+    document: dict[str, Any] = {
+        "data": sparse(resource, q.fields.get("list")),
+        "links": {"self": str(request.url)},
+    }
+    if q.include:
+        document["included"] = []
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def update_list(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
+    require_json_content_type(request)
+    data = decode_json(await read_body(request, 1 * MB), UpdateQuery).data
+    list_id = request.path_params["list_id"]
+    if data.id != list_id:
+        raise APIError(
+            409, "conflict", "The id in the body does not match the list in the URL.",
+            pointer="/data/id",
+        )  # fmt: skip
+    row = _find(request, caller)
+    changes: dict[str, str] = {}
+    if data.attributes.name is not None:
+        changes["name"] = _name(data.attributes.name, "/data/attributes/name")
+    if data.attributes.opt_in_process is not None:
+        changes["opt_in_process"] = data.attributes.opt_in_process
+    updated = _store(request).update_list(caller.account_id, row.id, changes, _now())
+    if updated is None:  # deleted meanwhile
+        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+    resource = list_resource(updated, base_url(request))
+    fields = ListRequest.fields_of(request, "list")
+    return jsonapi_response(200, {"data": sparse(resource, fields)}, caller.headers)
+
+
+async def delete_list(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
+    row = _find(request, caller)
+    if not _store(request).delete_list(caller.account_id, row.id):
+        list_id = request.path_params["list_id"]
+        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+    return jsonapi_response(204, None, caller.headers)
