@@ -288,6 +288,8 @@ def main() -> None:
         "--dir", type=Path, default=Path(tempfile.gettempdir()) / "trackhouse-read-bench"
     )
     args = parser.parse_args()
+    if 300 * SPAN * args.metrics // args.events >= SPAN:
+        parser.error("--events must be at least 300 × --metrics (a window holds ~300 events)")
     name = f"{args.events}-{args.profiles}-{args.metrics}"
     kinds = requests(args)
     results: dict[str, dict[str, list[float]]] = {}

@@ -148,7 +148,10 @@ def test_existence_filters(operator: str, value: Any, expected: bool) -> None:
      ("length-greater-than-or-equal", 2, ["a", "b"], True),
      ("length-less-than", 1, [], True), ("length-less-than", 1, ["a"], False),
      ("length-less-than-or-equal", 0, [], True), ("length-less-than", 5, UNSET, False),
-     ("length-equals", 3, "abc", False)],
+     ("length-equals", 3, "abc", False),
+     ("contains", "A", ["a", "b"], True),  # text ignores case, in lists too
+     ("not-contains", "A", ["a"], False),
+     ("contains", 1, [True], False), ("contains", 1, [1.0], True)],  # a boolean is no number
 )  # fmt: skip
 def test_list_filters(operator: str, needle: Any, value: Any, expected: bool) -> None:
     check(P, {"type": "list", "operator": operator, "value": needle}, value, expected)
@@ -165,6 +168,9 @@ DATE_CASES = [
     ({"operator": "after", "date": "2026-01-01T00:00:00Z"}, UNSET, False),
     ({"operator": "after", "date": "2026-01-01T00:00:00Z"}, "not a date", False),
     ({"operator": "after", "date": "2026-01-01T00:00:00Z"}, 1767225600, False),
+    ({"operator": "before", "date": "2026-01-01T00:00:00Z"}, "0001-01-01T00:00:00+01:00",
+     False),  # before year 1 in UTC: not a date
+    ({"operator": "after", "date": "2026-01-01T00:00:00Z"}, "9999-12-31T23:00:00-05:00", False),
     ({"operator": "between-static", "start": "2026-01-01T00:00:00Z",
       "end": "2026-02-01T00:00:00Z"}, "2026-02-01T00:00:00Z", True),  # both ends included
     ({"operator": "between-static", "start": "2026-01-01T00:00:00Z",
@@ -311,6 +317,8 @@ FILTER_BAD = [
     (P, {"type": "list", "operator": "length-equals", "value": -1}, "/filter/value", "between"),
     (P, {"type": "list", "operator": "contains", "value": 1.5}, "/filter/value", "integer"),
     (P, {"type": D, "operator": "before", "date": "yesterday"}, "/filter/date", "ISO 8601"),
+    (P, {"type": D, "operator": "before", "date": "0001-01-01T00:00:00+01:00"}, "/filter/date",
+     "years 1 to 9999"),
     (P, {"type": D, "operator": "in-the-last", "unit": "month", "quantity": 1}, "/filter/unit",
      "must be one of"),
     (P, {"type": D, "operator": "in-the-last", "unit": "day", "quantity": 10**12},
@@ -507,6 +515,8 @@ METRIC_BAD = [
     ({"metric_filters": [{"property": "", "filter": None}]}, "/metric_filters/0/property",
      "must name"),
     ({"metric_id": 7}, "/metric_id", "must be a string"),
+    ({"metric_filters": {}}, "/metric_filters", "must be a list"),
+    ({"metric_filters": False}, "/metric_filters", "must be a list"),
     ({"extra": 1}, "/extra", "unknown key"),
 ]  # fmt: skip
 

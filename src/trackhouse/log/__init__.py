@@ -34,7 +34,7 @@ class BulkJob:
     created_at: str  # ISO 8601
     event_count: int
     submission_count: int
-    first_seq: int = 0  # the log position of its first group (groups are consecutive)
+    first_seq: int = 0  # its first group's entry number (SQLite: the rest follow it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,9 @@ class PostgresLog(GroupCommitLog):
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         try:
             if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    self._connections.remove(conn)
+                    conn.close()
                 conn = self._local.conn = connect(self.url)
                 self._connections.append(conn)
             self._write(conn, batch)
@@ -138,6 +141,8 @@ class PostgresLog(GroupCommitLog):
                     at += len(p.rows)
         if not jobs:
             seqs = [seq for (seq,) in appended.fetchall()]
+        if len(seqs) != len(subs):  # (a partition without a heads row; migrate makes them all)
+            raise LogUnavailable(f"{len(subs) - len(seqs)} entries found no partition head")
         with self._committed_lock:
             self.committed = max(self.committed, max(seqs))
 

@@ -192,9 +192,9 @@ def _date(value: Any, pointer: str) -> datetime:
     assert text is not None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DefinitionError(pointer, "must be an ISO 8601 date-time") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset past year 1 or 9999
+        raise DefinitionError(pointer, "must be an ISO 8601 date-time in years 1 to 9999") from None
 
 
 def _enum(value: Any, pointer: str, allowed: frozenset[str] | set[str]) -> str:
@@ -288,7 +288,7 @@ def parse_filter(value: Any, pointer: str, *, event_property: bool = False) -> F
                                                           " strings")  # fmt: skip
             for n, item in enumerate(values):
                 _string(item, f"{pointer}/value/{n}")
-            return Filter(kind, op, value=frozenset(values))
+            return Filter(kind, op, value=frozenset(v.casefold() for v in values))
         if op in LIST_SUBSTRING_OPERATORS:
             text = _string(raw["value"], pointer + "/value", nullable=True)
             return Filter(kind, op, value=None if text is None else text.casefold())
@@ -384,7 +384,9 @@ def parse_condition(value: Any, pointer: str) -> Condition:
         timeframe = parse_date_filter(
             raw["timeframe_filter"], pointer + "/timeframe_filter", TIMEFRAME_OPERATORS
         )
-        filters_raw = raw.get("metric_filters") or []
+        filters_raw = raw.get("metric_filters")
+        if filters_raw is None:  # absent, or null as the spec allows
+            filters_raw = []
         if not isinstance(filters_raw, list) or len(filters_raw) > MAX_CONDITIONS:
             detail = f"must be a list of at most {MAX_CONDITIONS} filters"
             raise DefinitionError(pointer + "/metric_filters", detail)

@@ -8,8 +8,9 @@ tests/test_segment_conditions.py:
   a numeric one numbers (not booleans), a boolean one booleans, a list one lists, a date one
   ISO 8601 strings (and the profile's own dates). A value of another type matches neither the
   filter nor its negation, as if unset; `is-set` still matches it (an object value included).
-- **Text** comparisons ignore case (Unicode case folding); `regex` / `nregex` are RE2
-  patterns searched anywhere in the value, case as written.
+- **Text** comparisons ignore case (Unicode case folding), list elements' included (`contains`,
+  `contains-all` / `-any`); `regex` / `nregex` are RE2 patterns searched anywhere in the value,
+  case as written. A list's `contains 1` matches the number 1, never `true`.
 - **Dates** are UTC; a date without a time is its midnight, one without an offset is UTC.
   `between-static` includes both ends; relative ranges run from `now` (in-the-last N: the N
   units before now, at-least N: N units ago or earlier, in-the-next N: the N units after now,
@@ -114,9 +115,9 @@ def _as_date(value: Any) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset past year 1 or 9999
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _anniversary(moment: datetime, year: int) -> date:
@@ -207,13 +208,22 @@ def filter_matches(f: Filter, value: Any, now: datetime) -> bool:
     if kind == "list":
         if not isinstance(value, list):
             return False
-        if op == "contains":
-            return f.value in value
-        if op == "not-contains":
-            return f.value not in value
+        if op in ("contains", "not-contains"):
+            hit = any(_same(item, f.value) for item in value)
+            return hit != (op == "not-contains")
         return _compare(op.removeprefix("length-"), len(value), f.value)
     moment = _as_date(value)
     return moment is not None and _date_matches(f, moment, now)
+
+
+def _same(item: Any, wanted: Any) -> bool:
+    """A list element equal to a filter's value, as the scalar filters compare: text ignoring
+    case, numbers as numbers (never a boolean), null as null."""
+    if isinstance(wanted, str):
+        return isinstance(item, str) and item.casefold() == wanted.casefold()
+    if wanted is None:
+        return item is None
+    return not isinstance(item, bool) and isinstance(item, int | float) and item == wanted
 
 
 def _compare(op: str, left: float, right: float) -> bool:
@@ -251,7 +261,7 @@ def _event_passes(f: Filter, value: Any, now: datetime) -> bool:
                 return f.operator.startswith("not-")
             hit = any(f.value in v.casefold() for v in value)
             return hit != f.operator.startswith("not-")
-        present = set(value)
+        present = {v.casefold() for v in value}
         every = f.operator.endswith("-all")
         hit = f.value <= present if every else not f.value.isdisjoint(present)
         return hit != f.operator.startswith("not-")
@@ -302,6 +312,7 @@ def matches(
 ) -> bool:
     """Groups AND, conditions inside a group OR."""
     known = facts if facts is not None else NoFacts()
+    now = now.astimezone(UTC)
     return all(
         any(condition_matches(c, profile, now, known) for c in group) for group in definition.groups
     )

@@ -86,20 +86,21 @@ class Reader:
         with storage_errors():
             self.pool = pool(url, max_size)
 
-    def _all(self, sql: str, args: tuple[Any, ...] | list[Any]) -> list[tuple[Any, ...]]:
-        with self.pool.connection() as conn:
-            # Rows in the binary format: bytea and numbers are copied, not parsed from text.
-            return conn.execute(sql, args, binary=True).fetchall()  # type: ignore[arg-type]
-
     def all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         if has_nul(args):
             return []
         with storage_errors():
-            try:
-                return self._all(sql, args)
-            except psycopg.OperationalError:
-                self.pool.check()  # drops the idle connections that are lost too
-                return self._all(sql, args)
+            for attempt in (1, 2):
+                with self.pool.connection() as conn:  # PoolTimeout: not retried
+                    try:
+                        # Rows in the binary format: bytea and numbers are copied, not parsed.
+                        rows = conn.execute(sql, args, binary=True)  # type: ignore[arg-type]
+                        return rows.fetchall()
+                    except psycopg.OperationalError:
+                        if attempt == 2 or not conn.broken:
+                            raise  # the server answered: a timeout, a full disk, …
+                self.pool.check()  # the connection was lost: drop the idle ones lost too
+        raise AssertionError("unreachable")
 
     def run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> int:
         """A write; how many rows it changed."""
@@ -120,9 +121,10 @@ class Reader:
                     except psycopg.OperationalError:
                         if attempt == 2:
                             raise
-                        continue  # the pool replaces it
-                    cur = conn.execute(sql, args, binary=True)  # type: ignore[arg-type]
-                    return cur.rowcount, cur.fetchall() if fetch else []
+                    else:
+                        cur = conn.execute(sql, args, binary=True)  # type: ignore[arg-type]
+                        return cur.rowcount, cur.fetchall() if fetch else []
+                self.pool.check()  # that one was lost (the pool replaces it): the idle ones too
         raise AssertionError("unreachable")
 
     def close(self) -> None:
