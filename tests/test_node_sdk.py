@@ -178,3 +178,15 @@ def test_node_sdk_follows_links_next_handed_back_whole(start_server, run_sdk):
     first, second = out["ids"]
     assert len(first) == 2 and len(second) == 1
     assert len(set(first + second)) == 3
+
+
+def test_node_sdk_lists(server: Server, run_sdk):
+    """createList, getList, getLists (filtered, sorted, paged), updateList, deleteList."""
+    out = run_sdk(server, "lists")
+    names = [c["name"] for c in out["created"]]
+    assert [c["status"] for c in out["created"]] == [201, 201, 201]
+    assert {c["optInProcess"] for c in out["created"]} == {"double_opt_in"}
+    assert out["profile_count"] == 0
+    assert out["pages"] == [sorted(names)[:2], sorted(names)[2:]]
+    assert out["renamed"] == names[0] + " renamed"
+    assert (out["deleted_status"], out["after"]) == (204, 0)

@@ -1,7 +1,7 @@
 // The official Node SDK (klaviyo-api) as a real client of trackhouse; run by tests/test_node_sdk.py.
 //
 //   TRACKHOUSE_URL=http://127.0.0.1:8080 TRACKHOUSE_PRIVATE_KEY=pk_… TRACKHOUSE_ADMIN_KEY=pk_… \
-//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link]
+//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link|lists]
 //
 // roundtrip (default): write events with createEvent and bulkCreateEvents, wait for processing
 // (POST /admin/wait, a trackhouse extension), read them back through getEvents, getEvent,
@@ -14,6 +14,9 @@
 // next-link: create three events, then page through getEvents two at a time handing the whole
 // `links.next` URL back as pageCursor, as the SDK's README shows; print the ids of both pages.
 //
+// lists: createList, getList (with profile_count), getLists (filtered, sorted, two pages),
+// updateList and deleteList; print what each handed back.
+//
 // Any unexpected failure: the request and the response body go to stderr, exit status 1.
 
 import {
@@ -22,6 +25,8 @@ import {
   EventBulkCreateJobEnum,
   EventEnum,
   EventsApi,
+  ListEnum,
+  ListsApi,
   MetricAggregateEnum,
   MetricEnum,
   MetricsApi,
@@ -48,7 +53,8 @@ const session = new ApiKeySession(env('TRACKHOUSE_PRIVATE_KEY'))
 const eventsApi = new EventsApi(session)
 const metricsApi = new MetricsApi(session)
 const profilesApi = new ProfilesApi(session)
-for (const api of [eventsApi, metricsApi, profilesApi]) api.basePath = url // not a.klaviyo.com
+const listsApi = new ListsApi(session)
+for (const api of [eventsApi, metricsApi, profilesApi, listsApi]) api.basePath = url // not a.klaviyo.com
 
 function viewedProduct(i, email = EMAIL) {
   // SDK bodies are camelCase (uniqueId, firstName); the SDK writes them out as snake_case.
@@ -251,6 +257,35 @@ async function nextLink() {
   }
 }
 
+async function lists() {
+  const tag = Math.random().toString(36).slice(2, 10)
+  const names = ['B', 'A', 'C'].map((letter) => `Node ${tag} ${letter}`)
+  const created = []
+  for (const name of names) {
+    const made = await listsApi.createList({
+      data: { type: ListEnum.List, attributes: { name, optInProcess: 'double_opt_in' } },
+    })
+    created.push({ status: made.response.status, id: made.body.data.id, ...made.body.data.attributes })
+  }
+  const one = await listsApi.getList(created[0].id, { additionalFieldsList: ['profile_count'] })
+  const filter = `any(name,[${names.map((n) => `"${n}"`).join(',')}])`
+  const first = await listsApi.getLists({ filter, sort: 'name', pageSize: 2 })
+  const second = await listsApi.getLists({ filter, sort: 'name', pageSize: 2, pageCursor: first.body.links.next })
+  const renamed = await listsApi.updateList(created[0].id, {
+    data: { type: ListEnum.List, id: created[0].id, attributes: { name: `${names[0]} renamed` } },
+  })
+  const deleted = await listsApi.deleteList(created[0].id)
+  const after = await listsApi.getLists({ filter: `equals(id,"${created[0].id}")` })
+  return {
+    created,
+    profile_count: one.body.data.attributes.profileCount,
+    pages: [first, second].map((page) => page.body.data.map((l) => l.attributes.name)),
+    renamed: renamed.body.data.attributes.name,
+    deleted_status: deleted.response.status,
+    after: after.body.data.length,
+  }
+}
+
 function describe(error) {
   if (error?.response) {
     const { config, status, data } = error.response
@@ -260,7 +295,7 @@ function describe(error) {
   return error?.stack ?? String(error)
 }
 
-const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink }
+const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink, lists }
 const mode = process.argv[2] ?? 'roundtrip'
 if (!modes[mode]) {
   console.error(`unknown mode ${mode}; one of ${Object.keys(modes).join(', ')}`)
