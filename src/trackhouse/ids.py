@@ -1,4 +1,5 @@
-"""Identifiers in Klaviyo's 26-character ULID style (profiles, receipts, bulk jobs).
+"""Identifiers in Klaviyo's 26-character ULID style (profiles, receipts, bulk jobs), and its
+6-character alphanumeric ones (metrics, lists, public keys: `short_id`).
 
 They are looked up within the caller's account only, so they must be unique, not secret: the
 random part comes from a Mersenne Twister seeded by the OS, not from a system call per id as
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
+import string
 import time
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -28,3 +31,12 @@ def ulid_text(value: int) -> str:
 def new_ulid() -> str:
     """A time-ordered ULID string: 48 bits of milliseconds, then 80 random bits."""
     return ulid_text((time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80))
+
+
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def short_id() -> str:
+    """Six random letters and digits, as Klaviyo's metric, list and public key ids are; the
+    caller inserts it under a unique key and draws again if it is taken."""
+    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))

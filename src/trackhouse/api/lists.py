@@ -9,8 +9,6 @@ test suites (design.md).
 
 from __future__ import annotations
 
-import secrets
-import string
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,6 +20,7 @@ from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
+from trackhouse.ids import short_id
 from trackhouse.query.events import sparse
 from trackhouse.query.filters import FilterError, instant
 from trackhouse.store.base import ListQuery, ListRow, Store
@@ -33,7 +32,6 @@ PAGE = 10  # Klaviyo's page size for lists: 1 to 10
 MAX_NAME = 1000
 OPT_IN = Literal["double_opt_in", "single_opt_in"]
 DEFAULT_OPT_IN = "single_opt_in"  # "If not provided, uses account default": ours is single
-_ALPHANUMERIC = string.ascii_letters + string.digits
 
 
 class _Wire(msgspec.Struct, forbid_unknown_fields=True):
@@ -116,6 +114,10 @@ def list_resource(
     }
 
 
+def _not_found(list_id: str) -> APIError:
+    return APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+
+
 def _find(request: Request, caller: Caller) -> ListRow:
     list_id = request.path_params["list_id"]
     found = None
@@ -123,7 +125,7 @@ def _find(request: Request, caller: Caller) -> ListRow:
         rows = _store(request).lists(ListQuery(caller.account_id, ids=[list_id], limit=1))
         found = rows[0] if rows else None
     if found is None:
-        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+        raise _not_found(list_id)
     return found
 
 
@@ -149,7 +151,7 @@ async def create_list(request: Request) -> Response:
                   attrs.opt_in_process or DEFAULT_OPT_IN, now, now)  # fmt: skip
     store = _store(request)
     while True:  # a random id that is taken: draw another
-        list_id = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))
+        list_id = short_id()
         row = ListRow(list_id, row.name, row.opt_in_process, row.created, row.updated)
         if store.add_list(caller.account_id, row):
             break
@@ -240,7 +242,7 @@ async def update_list(request: Request) -> Response:
         changes["opt_in_process"] = data.attributes.opt_in_process
     updated = _store(request).update_list(caller.account_id, row.id, changes, _now())
     if updated is None:  # deleted meanwhile
-        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+        raise _not_found(list_id)
     resource = list_resource(updated, base_url(request))
     fields = ListRequest.fields_of(request, "list")
     return jsonapi_response(200, {"data": sparse(resource, fields)}, caller.headers)
@@ -249,7 +251,6 @@ async def update_list(request: Request) -> Response:
 async def delete_list(request: Request) -> Response:
     caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
     row = _find(request, caller)
-    if not _store(request).delete_list(caller.account_id, row.id):
-        list_id = request.path_params["list_id"]
-        raise APIError(404, "not_found", f"A list with id {list_id[:64]} does not exist.")
+    if not _store(request).delete_list(caller.account_id, row.id):  # deleted meanwhile
+        raise _not_found(row.id)
     return jsonapi_response(204, None, caller.headers)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
-import string
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
@@ -59,7 +58,6 @@ STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite
 LOG_RETENTION_SECONDS = float(os.environ.get("TRACKHOUSE_LOG_RETENTION", 86400))
 # A batch that lost a race with another worker (StoreConflict) is redone at once, this often.
 CONFLICT_RETRIES = 20
-_ALPHANUMERIC = string.ascii_letters + string.digits
 _json = msgspec.json.Encoder()
 
 
@@ -348,7 +346,7 @@ class Processor:
                 return None
             created = _iso(datetime.now(UTC).timestamp())
             while True:  # a random id that is taken: draw another
-                metric_id = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))
+                metric_id = short_id()
                 if self.store.add_metric(metric_id, account_id, name, service, created):
                     break
             self._metric_counts[account_id] = count + 1

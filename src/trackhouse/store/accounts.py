@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import string
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from trackhouse.ids import short_id
 
 # Scopes as Klaviyo names them (x-klaviyo-scopes in the OpenAPI files).
 ALL_SCOPES: tuple[str, ...] = (
@@ -31,7 +32,6 @@ ALL_SCOPES: tuple[str, ...] = (
 ADMIN_SCOPE = "trackhouse:admin"
 
 
-_ALPHANUMERIC = string.ascii_letters + string.digits
 # How long a successful key lookup is trusted before the database is asked again, so that a
 # key revoked from the CLI stops working within this many seconds on a running server.
 KEY_CACHE_SECONDS = 2.0
@@ -46,7 +46,7 @@ def new_private_key() -> str:
 
 
 def new_public_key() -> str:
-    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(6))
+    return short_id()
 
 
 def _now() -> str:
