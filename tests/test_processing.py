@@ -317,6 +317,26 @@ def test_repeated_unique_id_is_stored_once_naming_the_key(api, server):
     assert "unique_id 'order-9'" in again["detail"]
 
 
+def test_of_two_repeats_in_one_batch_the_first_sent_is_kept(api, server):
+    """One bulk group repeating a unique_id (allowed before 2025-01-15) is one log entry, so
+    both events are in one insert: the dedup key keeps the first (the batch's order), and the
+    second's outcome names it."""
+    email = unique_email()
+    events = [bulk_event(unique_id="twice", properties={"n": n}) for n in (1, 2)]
+    r = api.post("/api/event-bulk-create-jobs", json=bulk_body([({"email": email}, events)]),
+                 headers={"revision": "2024-10-15"})  # fmt: skip
+    assert r.status_code == 202, r.text
+    server.settle()
+    status = api.get(f"/api/event-bulk-create-jobs/{r.json()['data']['id']}").json()
+    assert status["data"]["attributes"]["outcomes"] == {"stored": 1, "deduplicated": 1,
+                                                        "rejected": 0}  # fmt: skip
+    profile = api.get("/api/profiles", params={"filter": f'equals(email,"{email}")'}).json()
+    (profile_id,) = [p["id"] for p in profile["data"]]
+    stored = api.get("/api/events", params={"filter": f'equals(profile_id,"{profile_id}")'})
+    (event,) = stored.json()["data"]
+    assert event["attributes"]["event_properties"]["n"] == 1
+
+
 def test_without_unique_id_one_event_per_profile_metric_and_second(api, server):
     email = unique_email()
     at = "2025-03-01T12:00:00.100+00:00"
