@@ -488,7 +488,12 @@ def _bulk_job(email: str) -> dict[str, Any]:
     return bulk_body([({"email": email}, [bulk_event("Reordered")])])
 
 
-def test_sdk_without_retries_raises_429_once_the_bulk_steady_limit_is_spent(start_server):
+def test_sdk_without_retries_raises_429_once_the_bulk_steady_limit_is_spent(start_server, backend):
+    if backend == "cluster":
+        # An account's limit is split among the API processes (docs/scale-out.md), and the
+        # kernel picks which one answers each call: of 2/m shared by two, the second call may
+        # meet a spent share. tests/test_cluster.py checks the split limit over many requests.
+        pytest.skip("the exact count of a 2/m limit depends on which API process answers")
     limited = start_server(TRACKHOUSE_RATE_LIMITS="bulk=1000/s,2/m")
     client = KlaviyoAPI(PRIVATE_KEY, test_host=limited.url, max_retries=0)
     if time.time() % 60 > 57:  # keep all three calls inside one steady (minute) window
