@@ -187,6 +187,11 @@ def _null_in_compositions(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     copy = {key: _null_in_compositions(value) for key, value in node.items()}
+    # Klaviyo's `value: {oneOf: [integer, number]}` (segment definitions' numeric filters):
+    # by JSON Schema a whole number matches both branches, so `oneOf` would reject every
+    # integer Klaviyo itself sends; it means "either", which is `anyOf`.
+    if copy.get("oneOf") == [{"type": "integer"}, {"type": "number"}]:
+        copy["anyOf"] = copy.pop("oneOf")
     if copy.get("nullable") is True and "type" not in copy:
         for keyword in ("oneOf", "anyOf"):
             if keyword in copy:

@@ -190,3 +190,23 @@ def test_node_sdk_lists(server: Server, run_sdk):
     assert out["pages"] == [sorted(names)[:2], sorted(names)[2:]]
     assert out["renamed"] == names[0] + " renamed"
     assert (out["deleted_status"], out["after"]) == (204, 0)
+
+
+def test_node_sdk_list_members_and_segments(server: Server, run_sdk):
+    """addProfilesToList, getProfilesForList, createSegment (a camelCase definition),
+    getProfilesForSegment, getSegmentsForProfile and getSegment."""
+    out = run_sdk(server, "segments")
+    inside, _ = out["ids"]
+    assert (out["added_status"], out["created_status"]) == (204, 201)
+    # joinedGroupAt is deserialized into a Date, as the SDK's model says.
+    assert out["list_members"] == [[inside, "object"]]
+    assert out["segment_members"] == [inside]
+    assert out["segment_id"] in out["profile_segments"]
+    attributes = out["attributes"]
+    assert (attributes["isActive"], attributes["isProcessing"], attributes["isStarred"]) == (
+        True,
+        False,
+        False,
+    )
+    condition = attributes["definition"]["conditionGroups"][0]["conditions"][0]
+    assert condition["type"] == "profile-group-membership" and condition["isMember"] is True

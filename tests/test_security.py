@@ -64,6 +64,41 @@ ENDPOINTS = [
         "lists:write",
     ),
     ("DELETE", "/api/lists/AbCdEf", None, "lists:write"),
+    *[
+        (method, f"/api/lists/AbCdEf/{path}", body, scope)
+        for method, path, body, scopes in (
+            ("GET", "profiles", None, ("lists:read", "profiles:read")),
+            ("GET", "relationships/profiles", None, ("lists:read", "profiles:read")),
+            ("POST", "relationships/profiles", {"data": []}, ("lists:write", "profiles:write")),
+            ("DELETE", "relationships/profiles", {"data": []}, ("lists:write", "profiles:write")),
+        )
+        for scope in scopes
+    ],
+    *[
+        ("GET", f"/api/profiles/01JB0000000000000000000000/{path}", None, scope)
+        for path, group in (
+            ("lists", "lists"),
+            ("relationships/lists", "lists"),
+            ("segments", "segments"),
+            ("relationships/segments", "segments"),
+        )
+        for scope in (f"{group}:read", "profiles:read")
+    ],
+    ("GET", "/api/segments", None, "segments:read"),
+    ("POST", "/api/segments", {"data": {"type": "segment", "attributes": {}}}, "segments:write"),
+    ("GET", "/api/segments/AbCdEf", None, "segments:read"),
+    (
+        "PATCH",
+        "/api/segments/AbCdEf",
+        {"data": {"type": "segment", "id": "AbCdEf", "attributes": {}}},
+        "segments:write",
+    ),
+    ("DELETE", "/api/segments/AbCdEf", None, "segments:write"),
+    *[
+        ("GET", f"/api/segments/AbCdEf/{path}", None, scope)
+        for path in ("profiles", "relationships/profiles")
+        for scope in ("segments:read", "profiles:read")
+    ],
     ("GET", "/api/profiles", None, "profiles:read"),
     ("GET", "/api/profiles/01JB0000000000000000000000", None, "profiles:read"),
     ("POST", "/admin/wait?timeout=0", None, ADMIN_SCOPE),

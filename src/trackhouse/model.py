@@ -65,6 +65,13 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     backfill: bool = False
 
 
+class ListChange(msgspec.Struct, kw_only=True):
+    """Add the submission's profile (named by id) to a list, or remove it."""
+
+    list_id: str
+    add: bool
+
+
 class Submission(msgspec.Struct, omit_defaults=True, kw_only=True):
     """One log entry: what one request said about one profile (and its events, if any).
 
@@ -74,7 +81,7 @@ class Submission(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     account_id: str
     received_at: float
-    source: str  # "api", "client", "track", "identify"
+    source: str  # "api", "client", "track", "identify", "list"
     revision: str | None = None  # for tracing only; rules travel as the fields below
     profile: ProfileChange
     events: list[Event] = []
@@ -85,6 +92,9 @@ class Submission(msgspec.Struct, omit_defaults=True, kw_only=True):
     # with several writers a job's groups need not have consecutive log positions.
     job_group: int | None = None
     receipt_id: str | None = None
+    # POST / DELETE /api/lists/{id}/relationships/profiles: one submission per profile, with
+    # no events and nothing else about the profile.
+    list_change: ListChange | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -21,7 +21,7 @@ import uvicorn
 from trackhouse.api.app import build_app
 from trackhouse.api.backpressure import DEFAULT_MAX_BACKLOG, Backlog, ClusterBacklog, Polled
 from trackhouse.api.http import BoundedHttpTools
-from trackhouse.api.ratelimit import Limit, RateLimiter, parse_limits
+from trackhouse.api.ratelimit import Limit, RateLimiter, parse_daily_limits, parse_limits
 from trackhouse.backends import Location, open_accounts, open_api_share, open_pipeline
 from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
@@ -39,6 +39,10 @@ class Settings:
     port: int = 8080
     rate_limits: dict[str, Limit] | None = field(
         default_factory=lambda: parse_limits(os.environ.get("TRACKHOUSE_RATE_LIMITS"))
+    )
+    # Klaviyo's daily creation limits by kind (TRACKHOUSE_DAILY_LIMITS; off: empty).
+    daily_limits: dict[str, int] = field(
+        default_factory=lambda: parse_daily_limits(os.environ.get("TRACKHOUSE_DAILY_LIMITS"))
     )
     process: bool = True  # run the processor in the serving process
     # How many log entries processing may fall behind before writes get 503 (None: no bound).
@@ -166,8 +170,9 @@ def _serve(
             None if settings.rate_limits is None else RateLimiter(settings.rate_limits, share=share)
         )
         app = build_app(
-            log, accounts, store, processor, limiter, backlog_bound(settings, log, store, processor)
-        )
+            log, accounts, store, processor, limiter,
+            backlog_bound(settings, log, store, processor), settings.daily_limits,
+        )  # fmt: skip
         config = uvicorn.Config(
             app,
             host=settings.host,

@@ -1,7 +1,7 @@
 // The official Node SDK (klaviyo-api) as a real client of trackhouse; run by tests/test_node_sdk.py.
 //
 //   TRACKHOUSE_URL=http://127.0.0.1:8080 TRACKHOUSE_PRIVATE_KEY=pk_… TRACKHOUSE_ADMIN_KEY=pk_… \
-//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link|lists]
+//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link|lists|segments]
 //
 // roundtrip (default): write events with createEvent and bulkCreateEvents, wait for processing
 // (POST /admin/wait, a trackhouse extension), read them back through getEvents, getEvent,
@@ -16,6 +16,11 @@
 //
 // lists: createList, getList (with profile_count), getLists (filtered, sorted, two pages),
 // updateList and deleteList; print what each handed back.
+//
+// segments: two profiles (createEvent), one added to a list (addProfilesToList), a segment of
+// that list's members (createSegment, camelCase as SDK users write it); print the members of
+// the list and the segment (getProfilesForList, getProfilesForSegment), the profile's
+// segments (getSegmentsForProfile) and the segment's attributes (getSegment).
 //
 // Any unexpected failure: the request and the response body go to stderr, exit status 1.
 
@@ -32,6 +37,8 @@ import {
   MetricsApi,
   ProfileEnum,
   ProfilesApi,
+  SegmentEnum,
+  SegmentsApi,
 } from 'klaviyo-api'
 
 const EMAIL = 'sarah.mason@klaviyo-demo.com'
@@ -54,7 +61,10 @@ const eventsApi = new EventsApi(session)
 const metricsApi = new MetricsApi(session)
 const profilesApi = new ProfilesApi(session)
 const listsApi = new ListsApi(session)
-for (const api of [eventsApi, metricsApi, profilesApi, listsApi]) api.basePath = url // not a.klaviyo.com
+const segmentsApi = new SegmentsApi(session)
+for (const api of [eventsApi, metricsApi, profilesApi, listsApi, segmentsApi]) {
+  api.basePath = url // not a.klaviyo.com
+}
 
 function viewedProduct(i, email = EMAIL) {
   // SDK bodies are camelCase (uniqueId, firstName); the SDK writes them out as snake_case.
@@ -286,6 +296,51 @@ async function lists() {
   }
 }
 
+async function segments() {
+  const tag = Math.random().toString(36).slice(2, 10)
+  const emails = [`in-${tag}@example.com`, `out-${tag}@example.com`]
+  for (const email of emails) {
+    await eventsApi.createEvent(viewedProduct(0, email))
+  }
+  await settle()
+  const ids = []
+  for (const email of emails) {
+    const found = await profilesApi.getProfiles({ filter: `equals(email,"${email}")` })
+    ids.push(found.body.data[0].id)
+  }
+  const list = await listsApi.createList({ data: { type: ListEnum.List, attributes: { name: `Node ${tag}` } } })
+  const listId = list.body.data.id
+  const added = await listsApi.addProfilesToList(listId, { data: [{ type: ProfileEnum.Profile, id: ids[0] }] })
+  await settle()
+  const segment = await segmentsApi.createSegment({
+    data: {
+      type: SegmentEnum.Segment,
+      attributes: {
+        name: `Node ${tag}`,
+        definition: {
+          conditionGroups: [{ conditions: [{ type: 'profile-group-membership', isMember: true, groupIds: [listId] }] }],
+        },
+      },
+    },
+  })
+  const segmentId = segment.body.data.id
+  await settle()
+  const listMembers = await listsApi.getProfilesForList(listId)
+  const segmentMembers = await segmentsApi.getProfilesForSegment(segmentId)
+  const ofProfile = await profilesApi.getSegmentsForProfile(ids[0])
+  const got = await segmentsApi.getSegment(segmentId)
+  return {
+    ids,
+    added_status: added.response.status,
+    created_status: segment.response.status,
+    list_members: listMembers.body.data.map((p) => [p.id, typeof p.attributes.joinedGroupAt]),
+    segment_members: segmentMembers.body.data.map((p) => p.id),
+    profile_segments: ofProfile.body.data.map((s) => s.id),
+    segment_id: segmentId,
+    attributes: got.body.data.attributes,
+  }
+}
+
 function describe(error) {
   if (error?.response) {
     const { config, status, data } = error.response
@@ -295,7 +350,7 @@ function describe(error) {
   return error?.stack ?? String(error)
 }
 
-const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink, lists }
+const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink, lists, segments }
 const mode = process.argv[2] ?? 'roundtrip'
 if (!modes[mode]) {
   console.error(`unknown mode ${mode}; one of ${Object.keys(modes).join(', ')}`)

@@ -40,7 +40,8 @@ def _behind(heads: dict[int, int], positions: dict[int, int]) -> bool:
 
 async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
     """Wait until everything committed to the log when called — by any API process — is
-    processed, in every partition; (position, head) summed over the partitions."""
+    processed, in every partition, and no segment's members are still being computed;
+    (position, head) summed over the partitions."""
     store: Store = request.app.state.store
     heads = await asyncio.to_thread(event_log(request).heads)
     processor = request.app.state.processor
@@ -56,6 +57,17 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
                 "service_unavailable",
                 f"Processing has reached log position {position} of {head}; "
                 + (f"it is retrying after: {trouble}" if trouble else "still working."),
+                headers={"Retry-After": "1"},
+            )
+        await asyncio.sleep(0.01)
+    while pending := await asyncio.to_thread(store.segments_pending):
+        if processor is not None:
+            processor.wake.set()
+        if time.monotonic() >= deadline:
+            raise APIError(
+                503,
+                "service_unavailable",
+                f"The members of {pending} segment(s) are still being computed.",
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from trackhouse.api import (
     openapi,
     profiles,
     receipts,
+    segments,
 )
 from trackhouse.api.backpressure import Backlog
 from trackhouse.api.errors import JSONAPI, APIError
@@ -74,6 +75,29 @@ ROUTES: list[Route] = [
     *_both("/api/lists/{list_id}", lists.get_list, ["GET"]),
     *_both("/api/lists/{list_id}", lists.update_list, ["PATCH"]),
     *_both("/api/lists/{list_id}", lists.delete_list, ["DELETE"]),
+    *_both("/api/lists/{list_id}/profiles", lists.get_list_profiles, ["GET"]),
+    *_both("/api/lists/{list_id}/relationships/profiles", lists.get_list_profile_ids, ["GET"]),
+    *_both("/api/lists/{list_id}/relationships/profiles", lists.add_list_profiles, ["POST"]),
+    *_both("/api/lists/{list_id}/relationships/profiles", lists.remove_list_profiles, ["DELETE"]),
+    *_both("/api/segments", segments.get_segments, ["GET"]),
+    *_both("/api/segments", segments.create_segment, ["POST"]),
+    *_both("/api/segments/{segment_id}", segments.get_segment, ["GET"]),
+    *_both("/api/segments/{segment_id}", segments.update_segment, ["PATCH"]),
+    *_both("/api/segments/{segment_id}", segments.delete_segment, ["DELETE"]),
+    *_both("/api/segments/{segment_id}/profiles", segments.get_segment_profiles, ["GET"]),
+    *_both(
+        "/api/segments/{segment_id}/relationships/profiles",
+        segments.get_segment_profile_ids,
+        ["GET"],
+    ),
+    *_both("/api/profiles/{profile_id}/lists", lists.get_profile_lists, ["GET"]),
+    *_both("/api/profiles/{profile_id}/relationships/lists", lists.get_profile_list_ids, ["GET"]),
+    *_both("/api/profiles/{profile_id}/segments", segments.get_profile_segments, ["GET"]),
+    *_both(
+        "/api/profiles/{profile_id}/relationships/segments",
+        segments.get_profile_segment_ids,
+        ["GET"],
+    ),
     *_both("/api/profiles", profiles.get_profiles, ["GET"]),
     *_both("/api/profiles/{profile_id}", profiles.get_profile, ["GET"]),
     *_both("/openapi.json", openapi.get_openapi, ["GET"]),
@@ -215,6 +239,7 @@ def build_app(
     processor: Processor | None,
     limiter: RateLimiter | None,
     backlog: Backlog | None = None,
+    daily_limits: dict[str, int] | None = None,
 ) -> FastWrites:
     app = Starlette(
         routes=ROUTES,
@@ -231,4 +256,5 @@ def build_app(
     app.state.processor = processor  # None when processing runs elsewhere
     app.state.limiter = limiter  # None: rate limits off
     app.state.backlog = backlog  # None: no bound on how far processing may fall behind
+    app.state.daily_limits = daily_limits or {}  # kind → creations a day (empty: off)
     return FastWrites(app)

@@ -1,14 +1,22 @@
 """Klaviyo's Lists API: POST/GET /api/lists, GET/PATCH/DELETE /api/lists/{id}.
 
+Also its members: `GET /api/lists/{id}/profiles` and `…/relationships/profiles`,
+`POST` / `DELETE …/relationships/profiles`, and `GET /api/profiles/{id}/lists` (+
+relationships).
+
 Lists are written by the API process straight into the store (a create answers 201 with the
-list, and a GET right after finds it); their members will be changed through the log, like
-events (docs/segments.md). Names are 1 to 1,000 characters, without NUL; ids are Klaviyo's
-6-character style. Klaviyo's daily creation limit (150 a day) is not enforced: it would break
-test suites (design.md).
+list, and a GET right after finds it). Their members are changed through the log, like
+events: a POST or DELETE of members appends one submission per profile and answers 204 once
+they are durable; processing applies them in order (docs/segments.md).
+
+Names are 1 to 1,000 characters, without NUL; ids are Klaviyo's 6-character style. Klaviyo's
+daily creation limit (150 a day) is off by default, since it would break test suites
+(design.md); TRACKHOUSE_DAILY_LIMITS turns it on.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,11 +24,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
+from trackhouse.api import members
+from trackhouse.api.accept import Caller, append, identify_caller, jsonapi_response
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
+from trackhouse.api.ratelimit import check_daily
 from trackhouse.ids import short_id
+from trackhouse.model import ListChange, ProfileChange, Submission
+from trackhouse.process.profiles import decode_profile
 from trackhouse.query.events import sparse
 from trackhouse.query.filters import FilterError, instant
 from trackhouse.store.base import ListQuery, ListRow, Store
@@ -65,6 +77,18 @@ class UpdateData(_Wire):
 
 class UpdateQuery(_Wire):
     data: UpdateData
+
+
+class ProfileRef(_Wire):
+    type: Literal["profile"]
+    id: str
+
+
+class MembersQuery(_Wire):
+    data: list[ProfileRef]
+
+
+MAX_MEMBERS = 1000  # profiles a call adds or removes
 
 
 def _now() -> str:
@@ -121,7 +145,7 @@ def _not_found(list_id: str) -> APIError:
 def _find(request: Request, caller: Caller) -> ListRow:
     list_id = request.path_params["list_id"]
     found = None
-    if 0 < len(list_id) <= 64 and "\x00" not in list_id:
+    if members.valid_id(list_id):
         rows = _store(request).lists(ListQuery(caller.account_id, ids=[list_id], limit=1))
         found = rows[0] if rows else None
     if found is None:
@@ -150,6 +174,12 @@ async def create_list(request: Request) -> Response:
     row = ListRow("", _name(attrs.name, "/data/attributes/name"),
                   attrs.opt_in_process or DEFAULT_OPT_IN, now, now)  # fmt: skip
     store = _store(request)
+    limit = request.app.state.daily_limits.get("list")
+    if limit is not None:
+        since = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(timespec="seconds")
+        recent = store.lists(ListQuery(caller.account_id, created_after=since, sort="created",
+                                       limit=limit))  # fmt: skip
+        check_daily("list", limit, [r.created for r in recent], time.time())
     while True:  # a random id that is taken: draw another
         list_id = short_id()
         row = ListRow(list_id, row.name, row.opt_in_process, row.created, row.updated)
@@ -254,3 +284,92 @@ async def delete_list(request: Request) -> Response:
     if not _store(request).delete_list(caller.account_id, row.id):  # deleted meanwhile
         raise _not_found(row.id)
     return jsonapi_response(204, None, caller.headers)
+
+
+# -- members ---------------------------------------------------------------------------------
+
+
+async def get_list_profiles(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="lists")
+    caller.require("profiles:read")
+    row = _find(request, caller)
+    return await members.members(request, caller, "list", row.id, ids_only=False)
+
+
+async def get_list_profile_ids(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="lists")
+    caller.require("profiles:read")
+    row = _find(request, caller)
+    return await members.members(request, caller, "list", row.id, ids_only=True)
+
+
+async def _change_members(request: Request, add: bool) -> Response:
+    caller = identify_caller(request, scope="lists:write", endpoint_class="list_members")
+    caller.require("profiles:write")
+    require_json_content_type(request)
+    refs = decode_json(await read_body(request, 1 * MB), MembersQuery).data
+    if len(refs) > MAX_MEMBERS:
+        raise invalid(f"At most {MAX_MEMBERS} profiles can be changed in one call.", "/data")
+    row = _find(request, caller)
+    wanted: dict[str, int] = {}  # profile id → its place in the request
+    for n, ref in enumerate(refs):
+        if not members.valid_id(ref.id):
+            raise invalid(f"No profile with id {ref.id[:64]!r} exists.", f"/data/{n}/id")
+        wanted.setdefault(ref.id, n)
+    store = _store(request)
+    ids = list(wanted)
+    found: set[str] = set()
+    for start in range(0, len(ids), members.CHUNK):
+        chunk = ids[start : start + members.CHUNK]
+        docs = store.profiles(caller.account_id, ids=chunk, limit=len(chunk))
+        found.update(decode_profile(doc).id for doc in docs)
+    for profile_id, n in wanted.items():
+        if profile_id not in found:
+            raise invalid(f"No profile with id {profile_id[:64]} exists.", f"/data/{n}/id")
+    now = time.time()
+    change = ListChange(list_id=row.id, add=add)
+    submissions = [
+        Submission(account_id=caller.account_id, received_at=now, source="list",
+                   revision=caller.rules.revision, profile=ProfileChange(id=profile_id),
+                   list_change=change)
+        for profile_id in wanted
+    ]  # fmt: skip
+    if submissions:
+        await append(request, submissions)
+    return jsonapi_response(204, None, caller.headers)
+
+
+async def add_list_profiles(request: Request) -> Response:
+    return await _change_members(request, add=True)
+
+
+async def remove_list_profiles(request: Request) -> Response:
+    return await _change_members(request, add=False)
+
+
+def _lists_of_profile(request: Request, caller: Caller) -> list[ListRow]:
+    store = _store(request)
+    rows: list[ListRow] = members.groups_of_profile(
+        request, caller, "list",
+        lambda ids: store.lists(ListQuery(caller.account_id, ids=ids, limit=len(ids))),
+    )  # fmt: skip
+    return rows
+
+
+async def get_profile_lists(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="profile_groups")
+    caller.require("profiles:read")
+    fields = ListRequest.fields_of(request, "list")
+    ListRequest.parse(request, default_size=1, max_size=1, fields={"list": LIST_FIELDS})
+    base = base_url(request)
+    data = [sparse(list_resource(r, base), fields) for r in _lists_of_profile(request, caller)]
+    document = {"data": data, "links": {"self": str(request.url)}}
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_profile_list_ids(request: Request) -> Response:
+    caller = identify_caller(request, scope="lists:read", endpoint_class="profile_groups")
+    caller.require("profiles:read")
+    data = [{"type": "list", "id": r.id} for r in _lists_of_profile(request, caller)]
+    document = {"data": data, "links": {"self": str(request.url)}}
+    return jsonapi_response(200, document, caller.headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -53,8 +54,9 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def _time_bound(q: ProfileQuery, condition: Condition) -> None:
-    """created/updated filters, as bounds on the stored whole-second ISO strings."""
+def time_bound(q: Any, condition: Condition, name: str | None = None) -> None:
+    """A time filter as bounds on stored whole-second ISO strings: `q.{name}_since` (>=) and
+    `q.{name}_until` (<); `name` is the filter's field unless given."""
     if not isinstance(condition.value, datetime | str):
         raise APIError(
             400,
@@ -70,7 +72,7 @@ def _time_bound(q: ProfileQuery, condition: Condition) -> None:
         ) from None
     low = {"greater-or-equal": math.ceil(x), "greater-than": math.floor(x) + 1}
     high = {"less-than": math.ceil(x), "less-or-equal": math.floor(x) + 1}
-    name = condition.field
+    name = name or condition.field
     if condition.op in low:
         setattr(q, f"{name}_since", _iso(low[condition.op]))
     else:
@@ -92,7 +94,7 @@ async def get_profiles(request: Request) -> Response:
     identifiers = None
     for condition in query.filters:
         if condition.field in ("created", "updated") and condition.op in TIME_OPERATORS:
-            _time_bound(order, condition)
+            time_bound(order, condition)
             continue
         given = condition.value if isinstance(condition.value, tuple) else (condition.value,)
         values = [v for v in given if isinstance(v, str)]

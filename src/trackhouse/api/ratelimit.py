@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from trackhouse.api.errors import APIError
 
@@ -42,6 +43,13 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "aggregates": Limit(3, 60),  # POST /api/metric-aggregates
     "lists": Limit(75, 750),  # GET /api/lists, /api/lists/{id}
     "list_write": Limit(10, 150),  # POST /api/lists, PATCH and DELETE /api/lists/{id}
+    "list_members": Limit(10, 150),  # POST and DELETE /api/lists/{id}/relationships/profiles
+    # GET /api/profiles/{id}/lists|segments and their relationships
+    "profile_groups": Limit(3, 60),
+    "segments": Limit(75, 750),  # GET /api/segments, /api/segments/{id}, members
+    "segment_count": Limit(1, 15),  # GET /api/segments/{id} with profile_count
+    "segment_write": Limit(1, 15),  # POST /api/segments, PATCH /api/segments/{id}
+    "segment_delete": Limit(3, 60),  # DELETE /api/segments/{id}
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")
@@ -129,3 +137,37 @@ def _throttled(wait: float) -> APIError:
         f"Request was throttled. Expected available in {seconds} {unit}.",
         headers={"Retry-After": str(seconds)},
     )
+
+
+# Klaviyo's daily creation limits (reference/segments-flows.md §§ 1–3), off by default: test
+# suites create far more than a day's worth (design.md). TRACKHOUSE_DAILY_LIMITS: "off"
+# (default), "on" (Klaviyo's), or e.g. "list=3,segment=2".
+KLAVIYO_DAILY_LIMITS = {"list": 150, "segment": 100}
+_DAILY_SPEC = re.compile(r"^\s*(list|segment)\s*=\s*(\d{1,6})\s*$")
+
+
+def parse_daily_limits(text: str | None) -> dict[str, int]:
+    """What may be created per account in any 24 hours, by kind; empty when off."""
+    if text is None or text.strip().lower() in ("", "off", "false", "0", "none"):
+        return {}
+    if text.strip().lower() in ("on", "true", "1"):
+        return dict(KLAVIYO_DAILY_LIMITS)
+    limits = {}
+    for part in text.split(","):
+        match = _DAILY_SPEC.match(part)
+        if not match:
+            raise ValueError(f"bad daily limit {part!r}: expected list=N or segment=N")
+        limits[match.group(1)] = int(match.group(2))
+    return limits
+
+
+def check_daily(kind: str, limit: int, created: list[str], now: float) -> None:
+    """429 when `created` (ISO 8601 times of the account's `kind`s made in the last 24 hours,
+    oldest first, at most `limit` of them) has reached the limit; Retry-After is when the
+    oldest leaves the window."""
+    if len(created) < limit:
+        return
+    oldest = datetime.fromisoformat(created[0]).timestamp()
+    error = _throttled(oldest + 86400 - now)
+    error.detail = f"At most {limit} {kind}s can be created in a day. " + error.detail
+    raise error

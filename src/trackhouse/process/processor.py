@@ -29,6 +29,7 @@ from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
+from trackhouse.process.membership import Clock, Membership
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, Profile, apply_bounded
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict, StoreUnavailable
 from trackhouse.store.base import (
@@ -56,6 +57,8 @@ STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite
 # Processed log entries are kept this long (TRACKHOUSE_LOG_RETENTION seconds), then deleted
 # by whichever processor comes to it; the embedded log keeps everything.
 LOG_RETENTION_SECONDS = float(os.environ.get("TRACKHOUSE_LOG_RETENTION", 86400))
+# Segments relative to now are computed again this often (process/membership.py).
+SEGMENT_SWEEP_SECONDS = float(os.environ.get("TRACKHOUSE_SEGMENT_SWEEP", 3600))
 # A batch that lost a race with another worker (StoreConflict) is redone at once, this often.
 CONFLICT_RETRIES = 20
 _json = msgspec.json.Encoder()
@@ -71,7 +74,7 @@ def _iso(seconds: float) -> str:
 
 
 class Processor:
-    def __init__(self, log: EventLog, store: Store) -> None:
+    def __init__(self, log: EventLog, store: Store, clock: Clock | None = None) -> None:
         self.log = log
         # One processor per store (ProcessorRunning otherwise): two would race on the same
         # entries and one would loop on their outcomes' unique key forever.
@@ -82,6 +85,10 @@ class Processor:
             self.claim.release()
             raise
         self.book = ProfileBook(self.store)
+        self.membership = Membership(self.store, self.book, clock or _wall_clock)
+        # The batch's list changes: (account, list, profile, add, at), applied with its
+        # segments once its profiles are written.
+        self._list_changes: list[tuple[str, str, str, bool, str]] = []
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         # The processed position of each partition held, as this processor committed it.
@@ -106,6 +113,7 @@ class Processor:
         ends this loop but `stop`: storage errors are retried with back-off."""
         backoff = 0.05
         retention_due = time.monotonic()
+        sweep_due = time.monotonic() + SEGMENT_SWEEP_SECONDS
         while not stop.is_set():
             if time.monotonic() >= retention_due:
                 retention_due = time.monotonic() + min(60.0, max(1.0, LOG_RETENTION_SECONDS / 10))
@@ -114,7 +122,14 @@ class Processor:
                 except Exception:
                     logger.exception("log retention failed; tried again later")
             try:
+                if time.monotonic() >= sweep_due:
+                    sweep_due = time.monotonic() + SEGMENT_SWEEP_SECONDS
+                    with self.lock:
+                        self.membership.sweep()
                 processed = self.run_once()
+                # Segments' background computations: a page between batches while busy,
+                # page after page while the log is caught up.
+                self.compute_segments(1 if processed else 1_000_000)
             except Exception as exc:
                 logger.exception("processing stalled at log position %d; retrying", self.position)
                 self.last_error = repr(exc)
@@ -154,6 +169,18 @@ class Processor:
             with self.lock:
                 processed += self._run_once(partition, max_entries)
         return processed
+
+    def compute_segments(self, pages: int) -> int:
+        """Up to `pages` pages of segment computations, stopping when log entries wait;
+        how many profiles were evaluated."""
+        evaluated = 0
+        for _ in range(pages):
+            with self.lock:
+                n = self.membership.compute()
+            evaluated += n
+            if not n or (pages > 1 and self.wake.is_set()):
+                break
+        return evaluated
 
     def _run_once(self, partition: int, max_entries: int) -> int:
         for attempt in range(CONFLICT_RETRIES):
@@ -217,12 +244,14 @@ class Processor:
         apply: Callable[[list[LogEntry]], list[OutcomeRow]],
     ) -> None:
         old = self.positions[partition]
+        self._list_changes = []
         try:
             with self.store.transaction():
                 # First: another worker that moved the position meanwhile fences this batch.
                 self.store.advance(partition, old, entries[-1].position)
                 outcomes = apply(entries)
                 self.book.flush()
+                self.membership.apply(_touched(outcomes), self._list_changes)
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:
@@ -272,6 +301,8 @@ class Processor:
         ]
 
     def _apply(self, seq: int, s: Submission) -> OutcomeRow | _Events:
+        if s.list_change is not None:
+            return self._list_change(seq, s)
         resolution = resolve_profile(self.book, s.account_id, s.profile, _iso(s.received_at))
         profile = resolution.profile
         if profile is None:
@@ -317,6 +348,23 @@ class Processor:
             keys.append((metric_id, key, event.unique_id is not None))
             results.append(("stored", number, notes))  # until the insert says otherwise
         return _Events(seq, s, profile, rows, keys, results, notes)
+
+    def _list_change(self, seq: int, s: Submission) -> OutcomeRow:
+        """Add to or remove from a list: the profile itself is not changed. Applied with the
+        batch's segments (Membership.apply); a list or profile deleted since the request
+        makes it a rejection."""
+        assert s.list_change is not None
+        change = s.list_change
+        profile = self.book.get(s.account_id, s.profile.id or "")
+        if profile is None:
+            detail = f"no profile with id {(s.profile.id or '')[:64]} exists"
+            return _row(seq, s, None, [("rejected", None, detail)])
+        if not self.store.list_exists(s.account_id, change.list_id):
+            detail = f"no list with id {change.list_id[:64]} exists"
+            return _row(seq, s, profile.id, [("rejected", None, detail)])
+        at = _iso(s.received_at)
+        self._list_changes.append((s.account_id, change.list_id, profile.id, change.add, at))
+        return _row(seq, s, profile.id, [("stored", None, None)])
 
     def _mark_duplicates(self, a: _Events, inserted: set[int]) -> None:
         """Which of the entry's rows the dedup index refused, and the event each repeats."""
@@ -423,6 +471,19 @@ class _Events:
     keys: list[tuple[str, str, bool]]  # metric id, dedup key, whether it was a unique_id
     results: list[Result]  # "stored" until the insert says otherwise
     notes: str | None
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _touched(outcomes: list[OutcomeRow]) -> dict[str, set[str]]:
+    """account → the profiles the batch resolved (whose segments may have changed)."""
+    touched: dict[str, set[str]] = {}
+    for row in outcomes:
+        if row[4] is not None:
+            touched.setdefault(row[1], set()).add(row[4])
+    return touched
 
 
 def _join(detail: str, notes: str | None) -> str:

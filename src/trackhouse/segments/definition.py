@@ -458,3 +458,42 @@ def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -
             tuple(parse_condition(c, f"{gp}/conditions/{n}") for n, c in enumerate(conditions_raw))
         )
     return Definition(tuple(groups))
+
+
+def groups_of(definition: Definition) -> set[str]:
+    """The lists and segments its membership conditions name."""
+    return {
+        g
+        for group in definition.groups
+        for c in group
+        if isinstance(c, MembershipCondition)
+        for g in c.group_ids
+    }
+
+
+def metrics_of(definition: Definition) -> set[str]:
+    """The metrics its conditions count or sum."""
+    return {
+        c.metric_id for group in definition.groups for c in group if isinstance(c, MetricCondition)
+    }
+
+
+# Date operators whose answer does not move with the clock.
+STATIC_DATE_OPERATORS = frozenset(
+    ("alltime", "before", "after", "between-static", "calendar-month")
+)
+
+
+def depends_on_time(definition: Definition) -> bool:
+    """Whether the same profile can come to match, or stop matching, as time passes alone
+    (a date relative to now, an anniversary, a metric timeframe or join time so relative)."""
+    for group in definition.groups:
+        for c in group:
+            frames: list[Filter | None] = []
+            if isinstance(c, PropertyCondition) and c.filter.type == "date":
+                frames.append(c.filter)
+            elif isinstance(c, MetricCondition | MembershipCondition):
+                frames.append(c.timeframe)
+            if any(f is not None and f.operator not in STATIC_DATE_OPERATORS for f in frames):
+                return True
+    return False

@@ -53,9 +53,14 @@ from trackhouse.segments.definition import (
 
 
 class MetricEvent(Protocol):
-    time: int  # unix seconds
-    value: float | None
-    properties: dict[str, Any]
+    @property
+    def time(self) -> int: ...  # unix seconds
+
+    @property
+    def value(self) -> float | None: ...
+
+    @property
+    def properties(self) -> dict[str, Any]: ...
 
 
 class ProfileFacts(Protocol):

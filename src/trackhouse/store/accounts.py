@@ -23,6 +23,8 @@ ALL_SCOPES: tuple[str, ...] = (
     "events:write",
     "lists:read",
     "lists:write",
+    "segments:read",
+    "segments:write",
     "metrics:read",
     "metrics:write",
     "profiles:read",

@@ -146,6 +146,72 @@ class ListQuery:
     limit: int = 10
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """A segment's own attributes, its definition as given (JSON), and the state of its
+    background computation: `pending` while its members are being computed over the existing
+    profiles (Klaviyo's `is_processing`), `cursor` the last profile id computed so far."""
+
+    id: str
+    name: str
+    definition: str  # JSON
+    is_active: bool
+    is_starred: bool
+    created: str
+    updated: str
+    pending: bool
+    cursor: str | None = None
+    version: int = 1  # moved by every change of the definition
+    # Why it is pending: "definition" (new, edited, made active again) or "time" (a
+    # definition relative to now, recomputed as the clock moves).
+    cause: str = "definition"
+
+
+@dataclass
+class SegmentQuery:
+    """A page of an account's segments (as ListQuery), with its own filters."""
+
+    account_id: str
+    ids: list[str] | None = None
+    names: list[str] | None = None
+    created_after: str | None = None
+    updated_after: str | None = None
+    is_active: bool | None = None
+    is_starred: bool | None = None
+    sort: str = "id"
+    descending: bool = False
+    after: tuple[str, str] | None = None
+    limit: int = 10
+
+
+GROUP_TABLES = {"list": ("list_members", "list_id"), "segment": ("segment_members", "segment_id")}
+
+
+@dataclass
+class MemberQuery:
+    """A page of a list's or segment's members, in the order they joined (ties by id)."""
+
+    account_id: str
+    kind: str  # list | segment
+    group_id: str
+    profile_ids: list[str] | None = None
+    identifiers: tuple[str, list[Any]] | None = None  # (kind, identifier keys)
+    joined_since: str | None = None  # joined_at >= this (ISO 8601, UTC, to the second)
+    joined_until: str | None = None  # joined_at < this
+    descending: bool = False
+    after: tuple[str, str] | None = None  # (joined at, profile id) of the row before
+    limit: int = 20
+
+
+# A join or leave: kind (list | segment), account, group, profile, when (ISO 8601), and the
+# cause: "processing" (an event, a profile change, a list change), "time" (the clock moved)
+# or "definition" (a new or edited definition; segment-triggered flows never enter on these).
+MembershipChange = tuple[str, str, str, str, str, str]
+# A profile's event of a metric, as segment conditions read it: profile, metric, time, value,
+# properties (JSON).
+MetricEventRow = tuple[str, str, int, float | None, bytes]
+
+
 @dataclass
 class EventQuery:
     """A page of an account's events: filters, order and where the page starts."""
@@ -235,6 +301,51 @@ class StoreWriter(Protocol):
 
     def record_outcomes(self, rows: list[OutcomeRow]) -> None: ...
 
+    # -- lists and segments: membership --------------------------------------------------
+
+    def list_exists(self, account_id: str, list_id: str) -> bool: ...
+
+    def active_segments(self, account_id: str) -> list[SegmentRow]:
+        """The account's segments whose membership is kept (is_active)."""
+
+    def lock_profiles(self, account_id: str, profile_ids: list[str]) -> None:
+        """Hold the profiles until the transaction ends: whoever evaluates a profile's
+        segments next sees every change committed before (several workers)."""
+
+    def memberships(self, account_id: str, profile_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Each profile's lists and segments: profile → group id → joined at (absent: none)."""
+
+    def metric_events(
+        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
+    ) -> list[MetricEventRow]: ...
+
+    def change_memberships(
+        self, joins: list[MembershipChange], leaves: list[MembershipChange]
+    ) -> None:
+        """Add and remove members, and record each change with its time and cause."""
+
+    def pending_segments(self) -> list[tuple[str, str]]:
+        """(account, segment) of every active segment whose computation is not done."""
+
+    def segment_for_update(self, account_id: str, segment_id: str) -> SegmentRow | None:
+        """The segment, held until the transaction ends (one computation page at a time)."""
+
+    def profile_page(self, account_id: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """The account's next profiles by id after `after`, (id, document), held as
+        `lock_profiles` holds them."""
+
+    def segment_progress(
+        self, account_id: str, segment_id: str, version: int, cursor: str | None
+    ) -> None:
+        """Record how far the computation of the definition at `version` got; None: done."""
+
+    def settled_segments(self) -> list[tuple[str, SegmentRow]]:
+        """(account, segment) of every active segment whose computation is done."""
+
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        """Compute these (account, segment, version) again from the first profile, with the
+        cause "time" (those changed or pending meanwhile are left as they are)."""
+
     def advance(self, partition: int, old: int, new: int) -> None:
         """Move the partition's processed position from `old` to `new`, in the batch's
         transaction; ProcessingFenced if it is not at `old` (another worker moved it)."""
@@ -318,6 +429,33 @@ class Store(Protocol):
         """Delete a list and its memberships; False if there was no such list."""
 
     def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]: ...
+
+    def members(self, q: MemberQuery) -> list[tuple[bytes, str]]:
+        """A page of a list's or segment's members: (profile document, joined at)."""
+
+    def profile_groups(self, account_id: str, profile_id: str, kind: str) -> list[str]:
+        """The ids of the lists (or segments) the profile is a member of."""
+
+    # -- segments: written by the API process; their members, by processing --------------
+
+    def add_segment(self, account_id: str, row: SegmentRow) -> bool:
+        """Store a new segment; False if its id is taken by a list or a segment."""
+
+    def segments(self, q: SegmentQuery) -> list[SegmentRow]: ...
+
+    def update_segment(
+        self, account_id: str, segment_id: str, changes: dict[str, Any], updated: str
+    ) -> SegmentRow | None:
+        """Set `changes` (name, definition, is_active, is_starred) and `updated`; a new
+        definition starts its computation again. The segment, or None if absent."""
+
+    def delete_segment(self, account_id: str, segment_id: str) -> bool:
+        """Delete a segment, its members and their changes; False if there was none."""
+
+    def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]: ...
+
+    def segments_pending(self) -> int:
+        """Active segments whose computation is not done (for /admin/wait)."""
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Delete what the account had accepted when called, once every worker has processed

@@ -1,4 +1,5 @@
-"""The read queries both SQL backends share, built once: the same standard SQL for SQLite and
+"""The queries both SQL backends share (reads, and what processing writes to keep lists' and
+segments' members), built once: the same standard SQL for SQLite and
 PostgreSQL but for what `Dialect` says (the placeholder, the events' number column, how a
 list of values is matched). Each backend runs them and shapes the rows itself."""
 
@@ -7,7 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trackhouse.store.base import EventQuery, ListQuery, ProfileQuery
+from trackhouse.store.base import (
+    GROUP_TABLES,
+    EventQuery,
+    ListQuery,
+    MemberQuery,
+    ProfileQuery,
+    SegmentQuery,
+    SegmentRow,
+)
 
 
 @dataclass(frozen=True)
@@ -158,10 +167,228 @@ def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
     return sql, [*args, q.limit]
 
 
-def list_profile_counts(d: Dialect, account_id: str, ids: list[str]) -> tuple[str, list[Any]]:
-    clause, matched = d.one_of("list_id", ids)
+def group_profile_counts(
+    d: Dialect, kind: str, account_id: str, ids: list[str]
+) -> tuple[str, list[Any]]:
+    """Members of each list (kind "list") or segment."""
+    table, column = GROUP_TABLES[kind]
+    clause, matched = d.one_of(column, ids)
     sql = (
-        f"SELECT list_id, count(*) FROM list_members WHERE account_id = {d.param} AND {clause}"
-        " GROUP BY list_id"
+        f"SELECT {column}, count(*) FROM {table} WHERE account_id = {d.param} AND {clause}"
+        f" GROUP BY {column}"
     )
     return sql, [account_id, *matched]
+
+
+def list_profile_counts(d: Dialect, account_id: str, ids: list[str]) -> tuple[str, list[Any]]:
+    return group_profile_counts(d, "list", account_id, ids)
+
+
+SEGMENT_COLUMNS = (
+    "id, name, definition, is_active, is_starred, created, updated, pending, cursor, version, cause"
+)
+
+
+def segment_row(row: tuple[Any, ...]) -> SegmentRow:
+    """A row of SEGMENT_COLUMNS (SQLite's booleans are integers)."""
+    sid, name, definition, active, starred, created, updated, pending, cursor, version, cause = row
+    return SegmentRow(sid, name, definition, bool(active), bool(starred), created, updated,
+                      bool(pending), cursor, version, cause)  # fmt: skip
+
+
+def segment_page(d: Dialect, q: SegmentQuery) -> tuple[str, list[Any]]:
+    p = d.param
+    where = [f"account_id = {p}"]
+    args: list[Any] = [q.account_id]
+    for column, values in (("id", q.ids), ("name", q.names)):
+        if values is not None:
+            clause, matched = d.one_of(column, values)
+            where.append(clause)
+            args += matched
+    for column, low in (("created", q.created_after), ("updated", q.updated_after)):
+        if low is not None:
+            where.append(f"{column} > {p}")
+            args.append(low)
+    for column, flag in (("is_active", q.is_active), ("is_starred", q.is_starred)):
+        if flag is not None:
+            where.append(f"{column} = {p}")
+            args.append(flag)
+    assert q.sort in LIST_SORTS
+    order = "DESC" if q.descending else "ASC"
+    if q.after is not None:
+        if q.sort == "id":
+            where.append(f"id {_after(q.descending)} {p}")
+            args.append(q.after[1])
+        else:
+            where.append(f"({q.sort}, id) {_after(q.descending)} ({p}, {p})")
+            args += list(q.after)
+    ordering = f"id {order}" if q.sort == "id" else f"{q.sort} {order}, id {order}"
+    sql = (
+        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE {' AND '.join(where)}"
+        f" ORDER BY {ordering} LIMIT {p}"
+    )
+    return sql, [*args, q.limit]
+
+
+def member_page(d: Dialect, q: MemberQuery) -> tuple[str, list[Any]]:
+    """Rows of (profile document, joined at) in the order members joined (ties by id)."""
+    p = d.param
+    table, column = GROUP_TABLES[q.kind]
+    where = [f"m.account_id = {p}", f"m.{column} = {p}"]
+    args: list[Any] = [q.account_id, q.group_id]
+    if q.profile_ids is not None:
+        clause, matched = d.one_of("m.profile_id", q.profile_ids)
+        where.append(clause)
+        args += matched
+    if q.identifiers is not None:
+        kind, values = q.identifiers
+        clause, matched = d.one_of("i.value", values)
+        where.append(
+            "m.profile_id IN (SELECT i.profile_id FROM identifiers i WHERE"
+            f" i.account_id = {p} AND i.kind = {p} AND {clause})"
+        )
+        args += [q.account_id, kind, *matched]
+    if q.joined_since is not None:
+        where.append(f"m.joined_at >= {p}")
+        args.append(q.joined_since)
+    if q.joined_until is not None:
+        where.append(f"m.joined_at < {p}")
+        args.append(q.joined_until)
+    if q.after is not None:
+        where.append(f"(m.joined_at, m.profile_id) {_after(q.descending)} ({p}, {p})")
+        args += list(q.after)
+    order = "DESC" if q.descending else "ASC"
+    sql = (
+        f"SELECT p.doc, m.joined_at FROM {table} m JOIN profiles p"
+        " ON p.id = m.profile_id AND p.account_id = m.account_id"
+        f" WHERE {' AND '.join(where)}"
+        f" ORDER BY m.joined_at {order}, m.profile_id {order} LIMIT {p}"
+    )
+    return sql, [*args, q.limit]
+
+
+def profile_groups(d: Dialect, kind: str, account_id: str, profile_id: str) -> tuple[str, list]:
+    table, column = GROUP_TABLES[kind]
+    sql = (
+        f"SELECT {column} FROM {table} WHERE account_id = {d.param} AND profile_id = {d.param}"
+        f" ORDER BY {column}"
+    )
+    return sql, [account_id, profile_id]
+
+
+# -- what processing reads and writes to keep membership (store/*/writer.py) ---------------
+
+
+def memberships(d: Dialect, account_id: str, profile_ids: list[str]) -> tuple[str, list[Any]]:
+    """Rows of (profile, group, joined at) of every list and segment the profiles are in."""
+    parts, args = [], []
+    for table, column in GROUP_TABLES.values():
+        clause, matched = d.one_of("profile_id", profile_ids)
+        parts.append(
+            f"SELECT profile_id, {column}, joined_at FROM {table}"
+            f" WHERE account_id = {d.param} AND {clause}"
+        )
+        args += [account_id, *matched]
+    return " UNION ALL ".join(parts), args
+
+
+def metric_events(
+    d: Dialect, account_id: str, profile_ids: list[str], metric_ids: list[str]
+) -> tuple[str, list[Any]]:
+    profiles, by_profile = d.one_of("profile_id", profile_ids)
+    metrics, by_metric = d.one_of("metric_id", metric_ids)
+    sql = (
+        "SELECT profile_id, metric_id, time, value, properties FROM events"
+        f" WHERE account_id = {d.param} AND {profiles} AND {metrics}"
+    )
+    return sql, [account_id, *by_profile, *by_metric]
+
+
+def join_member(d: Dialect, kind: str) -> str:
+    """(account, group, profile, joined at); a member already is one still (since then)."""
+    table, column = GROUP_TABLES[kind]
+    p = d.param
+    return (
+        f"INSERT INTO {table} (account_id, {column}, profile_id, joined_at)"
+        f" VALUES ({p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING"
+    )
+
+
+def leave_member(d: Dialect, kind: str) -> str:
+    """(account, group, profile)."""
+    table, column = GROUP_TABLES[kind]
+    p = d.param
+    return f"DELETE FROM {table} WHERE account_id = {p} AND {column} = {p} AND profile_id = {p}"
+
+
+def record_change(d: Dialect) -> str:
+    """(kind, account, group, profile, joined, at, cause)."""
+    p = d.param
+    return (
+        "INSERT INTO membership_changes (kind, account_id, group_id, profile_id, joined, at,"
+        f" cause) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    )
+
+
+def profile_page_after(d: Dialect, lock: str = "") -> str:
+    """(account, after, limit) → (id, doc), by id; `lock` e.g. " FOR SHARE"."""
+    p = d.param
+    return (
+        f"SELECT id, doc FROM profiles WHERE account_id = {p} AND id > {p}"
+        f" ORDER BY id LIMIT {p}{lock}"
+    )
+
+
+def segment_progress(d: Dialect) -> str:
+    """(cursor, pending, account, segment, version): ignored if the definition moved on."""
+    p = d.param
+    return (
+        f"UPDATE segments SET cursor = {p}, pending = {p}"
+        f" WHERE account_id = {p} AND id = {p} AND version = {p}"
+    )
+
+
+def add_segment(d: Dialect) -> tuple[str, int]:
+    """The insert of a new segment (its SEGMENT_COLUMNS, account after id, then its id again),
+    refused where a list has the id; how many parameters."""
+    p = d.param
+    return (
+        "INSERT INTO segments (id, account_id, name, definition, is_active, is_starred, created,"
+        f" updated, pending, cursor, version, cause) SELECT {', '.join([p] * 12)}"
+        f" WHERE NOT EXISTS (SELECT 1 FROM lists WHERE id = {p}) ON CONFLICT (id) DO NOTHING"
+    ), 13
+
+
+def start_sweep(d: Dialect) -> str:
+    """(account, segment, version): computed again from the first profile, cause "time"."""
+    p = d.param
+    return (
+        "UPDATE segments SET pending = TRUE, cursor = '', cause = 'time'"
+        f" WHERE account_id = {p} AND id = {p} AND version = {p} AND NOT pending AND is_active"
+    )
+
+
+SETTLED_SEGMENTS = (
+    f"SELECT account_id, {SEGMENT_COLUMNS} FROM segments WHERE is_active AND NOT pending"
+)
+
+
+def add_list(d: Dialect) -> str:
+    """(id, account, name, opt-in, created, updated, id): refused where a segment has the id."""
+    p = d.param
+    return (
+        "INSERT INTO lists (id, account_id, name, opt_in_process, created, updated)"
+        f" SELECT {', '.join([p] * 6)} WHERE NOT EXISTS (SELECT 1 FROM segments WHERE id = {p})"
+        " ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def update_segment(d: Dialect, changes: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The SET clause's columns and values: a new definition, or becoming active again,
+    restarts the computation (pending, from the first profile) and moves the version."""
+    p = d.param
+    sets = [f"{column} = {p}" for column in changes]
+    values = list(changes.values())
+    if "definition" in changes or changes.get("is_active") is True:
+        sets += ["pending = TRUE", "cursor = ''", "version = version + 1", "cause = 'definition'"]
+    return ", ".join(sets), values

@@ -16,7 +16,7 @@ import psycopg
 
 logger = logging.getLogger("trackhouse.store")
 
-SCHEMA_VERSION = "3"  # 3: lists and list_members
+SCHEMA_VERSION = "4"  # 3: lists and list_members; 4: segments, their members, changes
 # The log's partitions: entries are spread over them by account and person, and each is
 # processed in order by one worker at a time. More partitions than workers lets work be
 # shared out evenly; the count is fixed when the schema is created.
@@ -157,6 +157,51 @@ CREATE TABLE IF NOT EXISTS list_members (
     PRIMARY KEY (account_id, list_id, profile_id)
 );
 CREATE INDEX IF NOT EXISTS list_members_profile ON list_members (account_id, profile_id);
+CREATE INDEX IF NOT EXISTS list_members_joined
+    ON list_members (account_id, list_id, joined_at, profile_id);
+
+-- Segments (written by the API processes) and their members (written by processing).
+CREATE TABLE IF NOT EXISTS segments (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    definition text COLLATE "C" NOT NULL,  -- JSON, as given (NUL escaped)
+    is_active boolean NOT NULL,
+    is_starred boolean NOT NULL,
+    created text COLLATE "C" NOT NULL,
+    updated text COLLATE "C" NOT NULL,
+    pending boolean NOT NULL,              -- its members are being computed (is_processing)
+    cursor text COLLATE "C",               -- the last profile id computed so far
+    version integer NOT NULL,              -- moved by each new definition
+    cause text COLLATE "C" NOT NULL        -- why it is pending: definition | time
+);
+CREATE INDEX IF NOT EXISTS segments_name ON segments (account_id, name, id);
+CREATE INDEX IF NOT EXISTS segments_created ON segments (account_id, created, id);
+CREATE INDEX IF NOT EXISTS segments_updated ON segments (account_id, updated, id);
+CREATE INDEX IF NOT EXISTS segments_pending ON segments (pending) WHERE pending;
+CREATE TABLE IF NOT EXISTS segment_members (
+    account_id text COLLATE "C" NOT NULL,
+    segment_id text COLLATE "C" NOT NULL,
+    profile_id text COLLATE "C" NOT NULL,
+    joined_at text COLLATE "C" NOT NULL,
+    PRIMARY KEY (account_id, segment_id, profile_id)
+);
+CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (account_id, profile_id);
+CREATE INDEX IF NOT EXISTS segment_members_joined
+    ON segment_members (account_id, segment_id, joined_at, profile_id);
+-- Every join and leave of a list or segment (flows enter on joins).
+CREATE TABLE IF NOT EXISTS membership_changes (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind text COLLATE "C" NOT NULL,        -- list | segment
+    account_id text COLLATE "C" NOT NULL,
+    group_id text COLLATE "C" NOT NULL,
+    profile_id text COLLATE "C" NOT NULL,
+    joined boolean NOT NULL,
+    at text COLLATE "C" NOT NULL,
+    cause text COLLATE "C" NOT NULL        -- processing | time | definition
+);
+CREATE INDEX IF NOT EXISTS membership_changes_group
+    ON membership_changes (account_id, group_id, id);
 
 CREATE TABLE IF NOT EXISTS accounts (
     id text COLLATE "C" PRIMARY KEY,

@@ -7,6 +7,7 @@ worker. A text argument PostgreSQL cannot hold (NUL) finds nothing rather than f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -15,14 +16,18 @@ from trackhouse.log import EventLog
 from trackhouse.store import StoreUnavailable
 from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
+    GROUP_TABLES,
     OUTCOMES,
     EventQuery,
     EventRow,
     ListQuery,
     ListRow,
+    MemberQuery,
     MetricRow,
     Outcome,
     ProfileQuery,
+    SegmentQuery,
+    SegmentRow,
     outcomes_of,
     unpack_results,
 )
@@ -136,13 +141,8 @@ class PostgresStore:
     # -- lists -----------------------------------------------------------------------------
 
     def add_list(self, account_id: str, row: ListRow) -> bool:
-        return (
-            self.db.run(
-                "INSERT INTO lists VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated),
-            )
-            == 1
-        )
+        args = (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated)
+        return self.db.run(sql_reads.add_list(_SQL), (*args, row.id)) == 1
 
     def lists(self, q: ListQuery) -> list[ListRow]:
         sql, args = sql_reads.list_page(_SQL, q)
@@ -159,20 +159,76 @@ class PostgresStore:
         )
         return ListRow(*rows[0]) if rows else None
 
-    def delete_list(self, account_id: str, list_id: str) -> bool:
+    def _delete_group(self, kind: str, account_id: str, group_id: str) -> bool:
+        """A list or segment, its members and their changes, in one statement."""
+        table, column = GROUP_TABLES[kind]
         rows = self.db.write_rows(
-            "WITH gone AS (DELETE FROM lists WHERE id = %s AND account_id = %s RETURNING id),"
-            " members AS (DELETE FROM list_members m USING gone WHERE m.account_id = %s"
-            " AND m.list_id = gone.id) SELECT count(*) FROM gone",
-            (list_id, account_id, account_id),
+            f"WITH gone AS (DELETE FROM {kind}s WHERE id = %s AND account_id = %s RETURNING id),"
+            f" members AS (DELETE FROM {table} m USING gone WHERE m.account_id = %s"
+            f" AND m.{column} = gone.id), changes AS (DELETE FROM membership_changes c"
+            " USING gone WHERE c.account_id = %s AND c.group_id = gone.id)"
+            " SELECT count(*) FROM gone",
+            (group_id, account_id, account_id, account_id),
         )
         return bool(rows and rows[0][0])
 
-    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
-        if not list_ids:
+    def delete_list(self, account_id: str, list_id: str) -> bool:
+        return self._delete_group("list", account_id, list_id)
+
+    def _counts(self, kind: str, account_id: str, ids: list[str]) -> dict[str, int]:
+        if not ids:
             return {}
-        sql, args = sql_reads.list_profile_counts(_SQL, account_id, list_ids)
+        sql, args = sql_reads.group_profile_counts(_SQL, kind, account_id, ids)
         return dict(self.db.all(sql, args))  # type: ignore[arg-type]
+
+    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
+        return self._counts("list", account_id, list_ids)
+
+    def members(self, q: MemberQuery) -> list[tuple[bytes, str]]:
+        if q.identifiers is not None:  # identifier values are bytea here
+            kind, values = q.identifiers
+            q = dataclasses.replace(
+                q, identifiers=(kind, [v.encode("utf-8", "surrogatepass") for v in values])
+            )
+        sql, args = sql_reads.member_page(_SQL, q)
+        return [(bytes(doc), joined) for doc, joined in self.db.all(sql, args)]
+
+    def profile_groups(self, account_id: str, profile_id: str, kind: str) -> list[str]:
+        sql, args = sql_reads.profile_groups(_SQL, kind, account_id, profile_id)
+        return [r[0] for r in self.db.all(sql, args)]
+
+    # -- segments --------------------------------------------------------------------------
+
+    def add_segment(self, account_id: str, row: SegmentRow) -> bool:
+        sql, _ = sql_reads.add_segment(_SQL)
+        args = (row.id, account_id, row.name, row.definition, row.is_active, row.is_starred,
+                row.created, row.updated, row.pending, row.cursor, row.version, row.cause,
+                row.id)  # fmt: skip
+        return self.db.run(sql, args) == 1
+
+    def segments(self, q: SegmentQuery) -> list[SegmentRow]:
+        sql, args = sql_reads.segment_page(_SQL, q)
+        return [sql_reads.segment_row(r) for r in self.db.all(sql, args)]
+
+    def update_segment(
+        self, account_id: str, segment_id: str, changes: dict[str, Any], updated: str
+    ) -> SegmentRow | None:
+        sets, values = sql_reads.update_segment(_SQL, changes)
+        rows = self.db.write_rows(
+            f"UPDATE segments SET {sets}, updated = %s WHERE id = %s AND account_id = %s"
+            f" RETURNING {sql_reads.SEGMENT_COLUMNS}",
+            (*values, updated, segment_id, account_id),
+        )
+        return sql_reads.segment_row(rows[0]) if rows else None
+
+    def delete_segment(self, account_id: str, segment_id: str) -> bool:
+        return self._delete_group("segment", account_id, segment_id)
+
+    def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]:
+        return self._counts("segment", account_id, ids)
+
+    def segments_pending(self) -> int:
+        return self.db.all("SELECT count(*) FROM segments WHERE pending AND is_active")[0][0]
 
     def profiles(
         self,

@@ -18,7 +18,15 @@ from typing import Any
 import psycopg
 
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict
-from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
+from trackhouse.store import sql as sql_writes
+from trackhouse.store.base import (
+    EventInsert,
+    MembershipChange,
+    MetricEventRow,
+    OutcomeRow,
+    ProfileRow,
+    SegmentRow,
+)
 from trackhouse.store.postgres.connection import connect, has_nul, storage_errors
 
 RESET_GATE = 0x7472_6B68  # the advisory lock between resets' holds and batches' commits
@@ -26,8 +34,10 @@ _CEILING = (
     "SELECT min(ceiling) FROM holds WHERE partition = %s"
     " AND expires > extract(epoch FROM clock_timestamp())"
 )
-# An account's data (list_members before lists: nothing refers to a list but its members).
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members", "lists")
+# An account's data (members before their lists and segments: nothing else refers to those).
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
+          "segment_members", "membership_changes", "lists", "segments")  # fmt: skip
+_SQL = sql_writes.Dialect(param="%s", number="number", array_params=True)
 # A batch's events, COPYed in before they are inserted; emptied by each commit.
 _STAGING = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS events_in (o integer NOT NULL,"
@@ -282,6 +292,95 @@ class PostgresWriter:
             copy.set_types(_OUTCOME_TYPES)
             for row in rows:
                 copy.write_row(row)
+
+    # -- lists and segments: membership --------------------------------------------------
+
+    def _rows(self, sql: str, args: list | tuple) -> list[tuple]:
+        if has_nul(args):
+            return []
+        with storage_errors():
+            return self.conn.execute(sql, args).fetchall()
+
+    def list_exists(self, account_id: str, list_id: str) -> bool:
+        sql = "SELECT 1 FROM lists WHERE id = %s AND account_id = %s"
+        return bool(self._rows(sql, (list_id, account_id)))
+
+    def active_segments(self, account_id: str) -> list[SegmentRow]:
+        sql = (
+            f"SELECT {sql_writes.SEGMENT_COLUMNS} FROM segments WHERE account_id = %s AND is_active"
+        )
+        return [sql_writes.segment_row(r) for r in self._rows(sql, (account_id,))]
+
+    def lock_profiles(self, account_id: str, profile_ids: list[str]) -> None:
+        """Row locks in id order (as save_profiles takes them), so two batches cannot deadlock
+        on them; a computation page waits for them (FOR SHARE), and they for it."""
+        self._rows(
+            "SELECT 1 FROM profiles WHERE account_id = %s AND id = ANY(%s) ORDER BY id FOR UPDATE",
+            (account_id, sorted(profile_ids)),
+        )
+
+    def memberships(self, account_id: str, profile_ids: list[str]) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        sql, args = sql_writes.memberships(_SQL, account_id, profile_ids)
+        for profile_id, group_id, joined_at in self._rows(sql, args):
+            found.setdefault(profile_id, {})[group_id] = joined_at
+        return found
+
+    def metric_events(
+        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
+    ) -> list[MetricEventRow]:
+        sql, args = sql_writes.metric_events(_SQL, account_id, profile_ids, metric_ids)
+        return [(p, m, t, v, bytes(props)) for p, m, t, v, props in self._rows(sql, args)]
+
+    def change_memberships(
+        self, joins: list[MembershipChange], leaves: list[MembershipChange]
+    ) -> None:
+        with storage_errors(), self.conn.cursor() as cur:
+            for kind in ("list", "segment"):
+                joined = [(a, g, p, at) for k, a, g, p, at, _ in joins if k == kind]
+                if joined:
+                    cur.executemany(sql_writes.join_member(_SQL, kind), joined)
+                left = [(a, g, p) for k, a, g, p, _, _ in leaves if k == kind]
+                if left:
+                    cur.executemany(sql_writes.leave_member(_SQL, kind), left)
+            changes = [(k, a, g, p, True, at, c) for k, a, g, p, at, c in joins]
+            changes += [(k, a, g, p, False, at, c) for k, a, g, p, at, c in leaves]
+            if changes:
+                cur.executemany(sql_writes.record_change(_SQL), changes)
+
+    def pending_segments(self) -> list[tuple[str, str]]:
+        sql = "SELECT account_id, id FROM segments WHERE pending AND is_active ORDER BY updated"
+        return self._rows(sql, ())  # type: ignore[return-value]
+
+    def segment_for_update(self, account_id: str, segment_id: str) -> SegmentRow | None:
+        rows = self._rows(
+            f"SELECT {sql_writes.SEGMENT_COLUMNS} FROM segments WHERE id = %s AND account_id = %s"
+            " FOR UPDATE",
+            (segment_id, account_id),
+        )
+        return sql_writes.segment_row(rows[0]) if rows else None
+
+    def profile_page(self, account_id: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = self._rows(
+            sql_writes.profile_page_after(_SQL, " FOR SHARE"), (account_id, after, limit)
+        )
+        return [(pid, bytes(doc)) for pid, doc in rows]
+
+    def segment_progress(
+        self, account_id: str, segment_id: str, version: int, cursor: str | None
+    ) -> None:
+        self._run(
+            sql_writes.segment_progress(_SQL),
+            (cursor, cursor is not None, account_id, segment_id, version),
+        )
+
+    def settled_segments(self) -> list[tuple[str, SegmentRow]]:
+        rows = self._rows(sql_writes.SETTLED_SEGMENTS, ())
+        return [(r[0], sql_writes.segment_row(r[1:])) for r in rows]
+
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        with storage_errors(), self.conn.cursor() as cur:
+            cur.executemany(sql_writes.start_sweep(_SQL), segments)
 
     def _between_batches(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """A read outside any batch, not left open as a transaction."""

@@ -20,14 +20,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from trackhouse.identifiers import email_key
 from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
+    GROUP_TABLES,
     OUTCOMES,
     EventQuery,
     EventRow,
     ListQuery,
     ListRow,
+    MemberQuery,
     MetricRow,
     Outcome,
     ProfileQuery,
+    SegmentQuery,
+    SegmentRow,
     outcomes_of,
     unpack_results,
 )
@@ -124,6 +128,50 @@ CREATE TABLE IF NOT EXISTS list_members (
     PRIMARY KEY (account_id, list_id, profile_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS list_members_profile ON list_members (account_id, profile_id);
+CREATE INDEX IF NOT EXISTS list_members_joined
+    ON list_members (account_id, list_id, joined_at, profile_id);
+-- Segments (written by the API process) and their members (written by processing).
+CREATE TABLE IF NOT EXISTS segments (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,      -- JSON, as given
+    is_active INTEGER NOT NULL,
+    is_starred INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    pending INTEGER NOT NULL,      -- its members are being computed (is_processing)
+    cursor TEXT,                   -- the last profile id computed so far
+    version INTEGER NOT NULL,      -- moved by each new definition
+    cause TEXT NOT NULL            -- why it is pending: definition | time
+);
+CREATE INDEX IF NOT EXISTS segments_name ON segments (account_id, name, id);
+CREATE INDEX IF NOT EXISTS segments_created ON segments (account_id, created, id);
+CREATE INDEX IF NOT EXISTS segments_updated ON segments (account_id, updated, id);
+CREATE INDEX IF NOT EXISTS segments_pending ON segments (pending) WHERE pending;
+CREATE TABLE IF NOT EXISTS segment_members (
+    account_id TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    joined_at TEXT NOT NULL,
+    PRIMARY KEY (account_id, segment_id, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (account_id, profile_id);
+CREATE INDEX IF NOT EXISTS segment_members_joined
+    ON segment_members (account_id, segment_id, joined_at, profile_id);
+-- Every join and leave of a list or segment (flows enter on joins).
+CREATE TABLE IF NOT EXISTS membership_changes (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,            -- list | segment
+    account_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    joined INTEGER NOT NULL,       -- 1 joined, 0 left
+    at TEXT NOT NULL,
+    cause TEXT NOT NULL            -- processing | time | definition
+);
+CREATE INDEX IF NOT EXISTS membership_changes_group
+    ON membership_changes (account_id, group_id, id);
 CREATE INDEX IF NOT EXISTS outcomes_job ON outcomes (job_id) WHERE job_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_receipt ON outcomes (receipt_id) WHERE receipt_id IS NOT NULL;
 """
@@ -394,13 +442,8 @@ class SQLiteStore:
             return self._conn.execute(sql, args).rowcount
 
     def add_list(self, account_id: str, row: ListRow) -> bool:
-        return (
-            self._run(
-                "INSERT OR IGNORE INTO lists VALUES (?, ?, ?, ?, ?, ?)",
-                (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated),
-            )
-            == 1
-        )
+        args = (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated)
+        return self._run(sql_reads.add_list(_SQL), (*args, row.id)) == 1
 
     def lists(self, q: ListQuery) -> list[ListRow]:
         sql, args = sql_reads.list_page(_SQL, q)
@@ -417,16 +460,20 @@ class SQLiteStore:
         found = self.lists(ListQuery(account_id, ids=[list_id], limit=1))
         return found[0] if found else None
 
-    def delete_list(self, account_id: str, list_id: str) -> bool:
+    def _delete_group(self, kind: str, account_id: str, group_id: str) -> bool:
+        """A list or segment, its members and their changes, in one transaction."""
+        table, column = GROUP_TABLES[kind]
         with self._lock, storage_errors:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                where = f" WHERE account_id = ? AND {column} = ?"
+                self._conn.execute(f"DELETE FROM {table}" + where, (account_id, group_id))
                 self._conn.execute(
-                    "DELETE FROM list_members WHERE account_id = ? AND list_id = ?",
-                    (account_id, list_id),
+                    "DELETE FROM membership_changes WHERE account_id = ? AND group_id = ?",
+                    (account_id, group_id),
                 )
                 gone = self._conn.execute(
-                    "DELETE FROM lists WHERE id = ? AND account_id = ?", (list_id, account_id)
+                    f"DELETE FROM {kind}s WHERE id = ? AND account_id = ?", (group_id, account_id)
                 ).rowcount
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -434,11 +481,58 @@ class SQLiteStore:
                 raise
         return gone == 1
 
-    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
-        if not list_ids:
+    def delete_list(self, account_id: str, list_id: str) -> bool:
+        return self._delete_group("list", account_id, list_id)
+
+    def _counts(self, kind: str, account_id: str, ids: list[str]) -> dict[str, int]:
+        if not ids:
             return {}
-        sql, args = sql_reads.list_profile_counts(_SQL, account_id, list_ids)
+        sql, args = sql_reads.group_profile_counts(_SQL, kind, account_id, ids)
         return dict(self._all(sql, tuple(args)))  # type: ignore[arg-type]
+
+    def list_profile_counts(self, account_id: str, list_ids: list[str]) -> dict[str, int]:
+        return self._counts("list", account_id, list_ids)
+
+    def members(self, q: MemberQuery) -> list[tuple[bytes, str]]:
+        sql, args = sql_reads.member_page(_SQL, q)
+        return self._all(sql, tuple(args))  # type: ignore[return-value]
+
+    def profile_groups(self, account_id: str, profile_id: str, kind: str) -> list[str]:
+        sql, args = sql_reads.profile_groups(_SQL, kind, account_id, profile_id)
+        return [r[0] for r in self._all(sql, tuple(args))]
+
+    # -- segments --------------------------------------------------------------------------
+
+    def add_segment(self, account_id: str, row: SegmentRow) -> bool:
+        sql, _ = sql_reads.add_segment(_SQL)
+        args = (row.id, account_id, row.name, row.definition, row.is_active, row.is_starred,
+                row.created, row.updated, row.pending, row.cursor, row.version, row.cause,
+                row.id)  # fmt: skip
+        return self._run(sql, args) == 1
+
+    def segments(self, q: SegmentQuery) -> list[SegmentRow]:
+        sql, args = sql_reads.segment_page(_SQL, q)
+        return [sql_reads.segment_row(r) for r in self._all(sql, tuple(args))]
+
+    def update_segment(
+        self, account_id: str, segment_id: str, changes: dict[str, Any], updated: str
+    ) -> SegmentRow | None:
+        sets, values = sql_reads.update_segment(_SQL, changes)
+        self._run(
+            f"UPDATE segments SET {sets}, updated = ? WHERE id = ? AND account_id = ?",
+            (*values, updated, segment_id, account_id),
+        )
+        found = self.segments(SegmentQuery(account_id, ids=[segment_id], limit=1))
+        return found[0] if found else None
+
+    def delete_segment(self, account_id: str, segment_id: str) -> bool:
+        return self._delete_group("segment", account_id, segment_id)
+
+    def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]:
+        return self._counts("segment", account_id, ids)
+
+    def segments_pending(self) -> int:
+        return self._all("SELECT count(*) FROM segments WHERE pending AND is_active", ())[0][0]
 
     def profiles(
         self,

@@ -15,12 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trackhouse.store import ProcessingFenced
-from trackhouse.store.base import EventInsert, OutcomeRow, ProfileRow
+from trackhouse.store import sql as sql_writes
+from trackhouse.store.base import (
+    EventInsert,
+    MembershipChange,
+    MetricEventRow,
+    OutcomeRow,
+    ProfileRow,
+    SegmentRow,
+)
 from trackhouse.store.sqlite.store import POSITION, connect
 from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
-# An account's data (list_members before lists: nothing refers to a list but its members).
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members", "lists")
+# An account's data (members before their lists and segments: nothing else refers to those).
+TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
+          "segment_members", "membership_changes", "lists", "segments")  # fmt: skip
+_SQL = sql_writes.Dialect(param="?", number="rowid", array_params=False)
 
 
 class SQLiteWriter:
@@ -175,6 +185,87 @@ class SQLiteWriter:
                 " job_group) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    # -- lists and segments: membership --------------------------------------------------
+
+    def _rows(self, sql: str, args: list | tuple) -> list[tuple]:
+        with _storage_errors:
+            return self.conn.execute(sql, args).fetchall()
+
+    def list_exists(self, account_id: str, list_id: str) -> bool:
+        sql = "SELECT 1 FROM lists WHERE id = ? AND account_id = ?"
+        return bool(self._rows(sql, (list_id, account_id)))
+
+    def active_segments(self, account_id: str) -> list[SegmentRow]:
+        sql = (
+            f"SELECT {sql_writes.SEGMENT_COLUMNS} FROM segments WHERE account_id = ? AND is_active"
+        )
+        return [sql_writes.segment_row(r) for r in self._rows(sql, (account_id,))]
+
+    def lock_profiles(self, account_id: str, profile_ids: list[str]) -> None:
+        """Nothing to do: the batch's transaction holds the whole store (BEGIN IMMEDIATE)."""
+
+    def memberships(self, account_id: str, profile_ids: list[str]) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for start in range(0, len(profile_ids), 500):  # SQLite's bound on parameters
+            sql, args = sql_writes.memberships(_SQL, account_id, profile_ids[start : start + 500])
+            for profile_id, group_id, joined_at in self._rows(sql, args):
+                found.setdefault(profile_id, {})[group_id] = joined_at
+        return found
+
+    def metric_events(
+        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
+    ) -> list[MetricEventRow]:
+        rows: list[MetricEventRow] = []
+        for start in range(0, len(profile_ids), 500):
+            part = profile_ids[start : start + 500]
+            sql, args = sql_writes.metric_events(_SQL, account_id, part, metric_ids)
+            rows += self._rows(sql, args)
+        return rows
+
+    def change_memberships(
+        self, joins: list[MembershipChange], leaves: list[MembershipChange]
+    ) -> None:
+        with _storage_errors:
+            for kind in ("list", "segment"):
+                joined = [(a, g, p, at) for k, a, g, p, at, _ in joins if k == kind]
+                if joined:
+                    self.conn.executemany(sql_writes.join_member(_SQL, kind), joined)
+                left = [(a, g, p) for k, a, g, p, _, _ in leaves if k == kind]
+                if left:
+                    self.conn.executemany(sql_writes.leave_member(_SQL, kind), left)
+            changes = [(k, a, g, p, True, at, c) for k, a, g, p, at, c in joins]
+            changes += [(k, a, g, p, False, at, c) for k, a, g, p, at, c in leaves]
+            self.conn.executemany(sql_writes.record_change(_SQL), changes)
+
+    def pending_segments(self) -> list[tuple[str, str]]:
+        sql = "SELECT account_id, id FROM segments WHERE pending AND is_active ORDER BY updated"
+        return self._rows(sql, ())  # type: ignore[return-value]
+
+    def segment_for_update(self, account_id: str, segment_id: str) -> SegmentRow | None:
+        sql = f"SELECT {sql_writes.SEGMENT_COLUMNS} FROM segments WHERE id = ? AND account_id = ?"
+        rows = self._rows(sql, (segment_id, account_id))
+        return sql_writes.segment_row(rows[0]) if rows else None
+
+    def profile_page(self, account_id: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        return self._rows(sql_writes.profile_page_after(_SQL), (account_id, after, limit))  # type: ignore[return-value]
+
+    def segment_progress(
+        self, account_id: str, segment_id: str, version: int, cursor: str | None
+    ) -> None:
+        with _storage_errors:
+            self.conn.execute(
+                sql_writes.segment_progress(_SQL),
+                (cursor, cursor is not None, account_id, segment_id, version),
+            )
+
+    def settled_segments(self) -> list[tuple[str, SegmentRow]]:
+        rows = self._rows(sql_writes.SETTLED_SEGMENTS, ())
+        return [(r[0], sql_writes.segment_row(r[1:])) for r in rows]
+
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        with _storage_errors:
+            self.conn.executemany(sql_writes.start_sweep(_SQL), segments)
 
     def processed_position(self, partition: int) -> int:
         with _storage_errors:
