@@ -206,8 +206,11 @@ def requests(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
-def serve_and_measure(store: list[str], kinds: dict[str, list[str]]) -> dict[str, list[float]]:
-    """Serve a store (`--data-dir D` or `--store URL`) on core 0; each kind's latencies."""
+def serve_and_measure(
+    store: list[str], kinds: dict[str, list[str]], page_rows: int = 200
+) -> dict[str, list[float]]:
+    """Serve a store (`--data-dir D` or `--store URL`) on core 0; each kind's latencies. The
+    third kind's first answer must hold `page_rows` resources (a full page)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -231,7 +234,7 @@ def serve_and_measure(store: list[str], kinds: dict[str, list[str]]) -> dict[str
                 measure(client, urls[:100], 404 if urls[0] == "/nope" else 200)
             metric_kind = list(kinds.values())[2]
             page = client.get(metric_kind[0]).json()
-            assert len(page["data"]) == 200, len(page["data"])
+            assert len(page["data"]) == page_rows, len(page["data"])
             return {
                 name: measure(client, urls, 404 if urls[0] == "/nope" else 200)
                 for name, urls in kinds.items()

@@ -83,3 +83,28 @@ def test_read_benchmark_smoke() -> None:
                 for line in lines
             ), (backend, kind, done.stdout)
     assert any("× SQLite's" in line for line in lines), done.stdout
+
+
+def test_segments_benchmark_smoke() -> None:
+    """bench/segments.py's three parts on small stores: each prints its figures, and the new
+    segment is computed (members were served)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the benchmark pins the server and its client to two different cores")
+    where = Path(tempfile.mkdtemp(prefix="trackhouse-segments-smoke-"))
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "segments.py"), "--runs", "1"]
+            + ["--profiles", "200", "--events", "2000", "--big-profiles", "3000"]
+            + ["--big-events", "20000", "--ingest", "2000", "--requests", "20"]
+            + ["--dir", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "live: 2,000 events over 200 profiles" in out and "with 20:" in out
+    assert "while a new segment is computed" in out and "computed in median" in out
+    assert "a page at a random member: p50" in out

@@ -30,6 +30,7 @@ from trackhouse.api.body import MB, decode_json, read_body, require_json_content
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
 from trackhouse.api.ratelimit import check_daily
+from trackhouse.api.segments import recompute_dependents
 from trackhouse.ids import short_id
 from trackhouse.model import ListChange, ProfileChange, Submission
 from trackhouse.process.profiles import decode_profile
@@ -283,6 +284,7 @@ async def delete_list(request: Request) -> Response:
     row = _find(request, caller)
     if not _store(request).delete_list(caller.account_id, row.id):  # deleted meanwhile
         raise _not_found(row.id)
+    recompute_dependents(_store(request), caller.account_id, row.id)
     return jsonapi_response(204, None, caller.headers)
 
 

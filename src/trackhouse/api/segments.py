@@ -233,6 +233,20 @@ def _all_segments(store: Store, account_id: str) -> list[SegmentRow]:
         after = ("", page[-1].id)
 
 
+def recompute_dependents(store: Store, account_id: str, group_id: str) -> None:
+    """A list or segment is gone: the active segments that named it are computed again (their
+    members were evaluated with it; processing does not look again at unchanged profiles)."""
+    for row in _all_segments(store, account_id):
+        if not row.is_active:
+            continue
+        try:
+            named = groups_of(parse_definition(msgspec.json.decode(row.definition)))
+        except (DefinitionError, msgspec.DecodeError):
+            continue
+        if group_id in named:
+            store.update_segment(account_id, row.id, {"is_active": True}, _now())
+
+
 def _definition(store: Store, account_id: str, raw: dict[str, Any],
                 segment_id: str | None) -> str:  # fmt: skip
     """The definition checked, as it is stored (JSON)."""
@@ -409,6 +423,7 @@ async def delete_segment(request: Request) -> Response:
     row = _find(request, caller)
     if not _store(request).delete_segment(caller.account_id, row.id):
         raise _not_found(row.id)
+    recompute_dependents(_store(request), caller.account_id, row.id)
     return jsonapi_response(204, None, caller.headers)
 
 

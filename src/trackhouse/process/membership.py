@@ -35,6 +35,8 @@ from trackhouse.process.profiles import Profile, decode_profile
 from trackhouse.segments.definition import (
     Definition,
     DefinitionError,
+    MetricCondition,
+    PropertyCondition,
     depends_on_time,
     groups_of,
     metrics_of,
@@ -47,6 +49,9 @@ logger = logging.getLogger("trackhouse.process")
 PAGE_PROFILES = 500  # profiles per page of a background computation
 Clock = Callable[[], datetime]
 _props = msgspec.json.Decoder(dict[str, Any])
+_fingerprint = msgspec.msgpack.Encoder().encode
+# Profiles whose content at their last evaluation this processor remembers (embedded store).
+MAX_REMEMBERED = 200_000
 
 
 def iso(moment: datetime) -> str:
@@ -91,7 +96,31 @@ class Segment:
     id: str
     version: int
     definition: Definition
-    metrics: frozenset[str]
+    metrics: frozenset[str]  # counted or summed
+    filtered: frozenset[str]  # of those, the ones a condition filters by event properties
+    groups: frozenset[str]  # lists and segments named
+    # Whether it can change for a profile whose content did not: it reads `updated` or
+    # `last_event_date` (moved by every event), or the clock.
+    volatile: bool
+
+    @staticmethod
+    def of(segment_id: str, version: int, definition: Definition) -> Segment:
+        conditions = [c for group in definition.groups for c in group]
+        filtered = {c.metric_id for c in conditions
+                    if isinstance(c, MetricCondition) and c.metric_filters}  # fmt: skip
+        moving = any(isinstance(c, PropertyCondition)
+                     and c.property.section in ("updated", "last_event_date")
+                     for c in conditions)  # fmt: skip
+        return Segment(segment_id, version, definition, frozenset(metrics_of(definition)),
+                       frozenset(filtered), frozenset(groups_of(definition)),
+                       moving or depends_on_time(definition))  # fmt: skip
+
+
+def fingerprint(profile: Profile) -> bytes:
+    """What segment conditions read of a profile but its dates: equal fingerprints, equal
+    answers (for segments that are not `volatile`)."""
+    return _fingerprint((profile.identifiers, profile.secondary_emails, profile.attributes,
+                         profile.location, profile.properties))  # fmt: skip
 
 
 def in_order(
@@ -124,46 +153,97 @@ class Membership:
         self.store = store
         self.book = book
         self.clock = clock
-        self._parsed: dict[tuple[str, int], Segment] = {}
+        self._parsed: dict[tuple[str, int], Segment | None] = {}
+        # profile id → its fingerprint when its segments were last evaluated, as committed; only
+        # where this processor is the store's one writer (`store.shared` false), since then
+        # nothing else changes a profile or its memberships (the API's deletes of lists and
+        # segments make the segments that name them compute again).
+        self._seen: dict[str, bytes] = {}
+        self._staged: dict[str, bytes] = {}
 
     def _parse(self, row: SegmentRow) -> Segment | None:
         """The stored definition, parsed once per version; None (and the segment is left as
         it is) if this version of trackhouse cannot read it: one bad segment must not turn a
         batch's events into rejections."""
         key = (row.id, row.version)
-        found = self._parsed.get(key)
-        if found is None:
-            if len(self._parsed) > 10_000:
-                self._parsed.clear()
-            try:
-                definition = parse_definition(msgspec.json.decode(row.definition))
-            except (DefinitionError, msgspec.DecodeError):
-                logger.exception("segment %s has a definition this server cannot read", row.id)
-                return None
-            found = Segment(row.id, row.version, definition, frozenset(metrics_of(definition)))
-            self._parsed[key] = found
+        if key in self._parsed:
+            return self._parsed[key]
+        if len(self._parsed) > 10_000:
+            self._parsed.clear()
+        found: Segment | None = None
+        try:
+            definition = parse_definition(msgspec.json.decode(row.definition))
+            found = Segment.of(row.id, row.version, definition)
+        except (DefinitionError, msgspec.DecodeError) as exc:  # logged once per version
+            logger.error("segment %s has a definition this server cannot read: %s", row.id, exc)
+        self._parsed[key] = found
         return found
 
     def _facts(
-        self, account_id: str, profile_ids: list[str], segments: list[Segment]
+        self,
+        account_id: str,
+        profile_ids: list[str],
+        segments: list[Segment],
+        wanted: dict[str, list[Segment]] | None = None,
     ) -> dict[str, _Facts]:
+        """Each profile's memberships, and its events of the metrics of the segments to be
+        evaluated on it (`wanted`, by profile; all of `segments` when None)."""
         current = self.store.memberships(account_id, profile_ids)
         facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in profile_ids}
-        metrics = sorted({m for s in segments for m in s.metrics})
-        if metrics and profile_ids:
+        counting = [s for s in segments if s.metrics]
+        if wanted is not None:
+            needing = [pid for pid in profile_ids if any(s.metrics for s in wanted[pid])]
+            counting = [s for s in counting if any(s in wanted[pid] for pid in needing)]
+        else:
+            needing = profile_ids
+        metrics = sorted({m for s in counting for m in s.metrics})
+        if metrics and needing:
+            filtered = sorted({m for s in counting for m in s.filtered})
             for pid, metric, t, value, raw in self.store.metric_events(
-                account_id, profile_ids, metrics
+                account_id, needing, metrics, filtered
             ):
-                facts[pid].by_metric.setdefault(metric, []).append(_Event(t, value, raw))
+                facts[pid].by_metric.setdefault(metric, []).append(_Event(t, value, raw or b"{}"))
         return facts
+
+    def committed(self) -> None:
+        """The batch whose evaluations were staged is committed: remember them."""
+        if len(self._seen) + len(self._staged) > MAX_REMEMBERED:
+            self._seen.clear()
+        self._seen.update(self._staged)
+        self._staged.clear()
+
+    def forget(self) -> None:
+        self._seen.clear()
+        self._staged.clear()
+
+    def _to_evaluate(
+        self,
+        profile: Profile,
+        segments: list[Segment],
+        metrics: set[str],
+    ) -> list[Segment]:
+        """The segments whose answer may have changed for the profile in this batch: all of
+        them if its content changed (or is not remembered); otherwise the volatile ones, those
+        counting a metric it has new events of, and those naming lists or segments (whose
+        members may have changed in this batch)."""
+        if self.store.shared:
+            return segments
+        mark = fingerprint(profile)
+        self._staged[profile.id] = mark
+        if self._seen.get(profile.id) != mark:
+            return segments
+        return [s for s in segments if s.volatile or s.groups or s.metrics & metrics]
 
     def apply(
         self,
         touched: dict[str, set[str]],
         list_changes: list[tuple[str, str, str, bool, str]],
+        new_events: dict[str, set[str]] | None = None,
     ) -> None:
         """After a batch: its list changes (account, list, profile, add, at), then the
-        segments of every profile it touched (account → profile ids)."""
+        segments of every profile it touched (account → profile ids) whose answer may have
+        changed (`new_events`: profile → the metrics it has new events of)."""
+        new_events = new_events or {}
         joins: list[MembershipChange] = []
         leaves: list[MembershipChange] = []
         now = self.clock()
@@ -176,7 +256,12 @@ class Membership:
             segments = in_order(self.store.active_segments(account_id), self._parse)
             if segments:
                 self.store.lock_profiles(account_id, pids)
-            facts = self._facts(account_id, pids, segments)
+            profiles = {pid: self.book.get(account_id, pid) for pid in pids}
+            wanted = {
+                pid: [] if p is None else self._to_evaluate(p, segments, new_events.get(pid, set()))
+                for pid, p in profiles.items()
+            }
+            facts = self._facts(account_id, pids, segments, wanted)
             for _, list_id, pid, add, when in changed_lists.get(account_id, []):
                 groups = facts[pid].groups
                 if add and list_id not in groups:
@@ -188,9 +273,9 @@ class Membership:
             if not segments:
                 continue
             for pid in pids:
-                profile = self.book.get(account_id, pid)
-                if profile is not None:
-                    self._evaluate(account_id, profile, facts[pid], segments, now, at,
+                profile = profiles[pid]
+                if profile is not None and wanted[pid]:
+                    self._evaluate(account_id, profile, facts[pid], wanted[pid], now, at,
                                    "processing", joins, leaves)  # fmt: skip
         if joins or leaves:
             self.store.change_memberships(joins, leaves)

@@ -89,6 +89,7 @@ class Processor:
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
+        self._new_events: dict[str, set[str]] = {}  # profile → metrics, in the batch
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         # The processed position of each partition held, as this processor committed it.
@@ -245,23 +246,26 @@ class Processor:
     ) -> None:
         old = self.positions[partition]
         self._list_changes = []
+        self._new_events = {}
         try:
             with self.store.transaction():
                 # First: another worker that moved the position meanwhile fences this batch.
                 self.store.advance(partition, old, entries[-1].position)
                 outcomes = apply(entries)
                 self.book.flush()
-                self.membership.apply(_touched(outcomes), self._list_changes)
+                self.membership.apply(_touched(outcomes), self._list_changes, self._new_events)
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:
             self.forget()
             raise
+        self.membership.committed()
         self.positions[partition] = entries[-1].position
 
     def forget(self) -> None:
         """Drop every cache (after a rollback, or when another writer changed the store)."""
         self.book.forget()
+        self.membership.forget()
         self._metrics.clear()
         self._metric_counts.clear()
 
@@ -275,6 +279,8 @@ class Processor:
             self.book.prefetch([(e.submission.account_id, e.submission.profile) for e in entries])
         applied = [self._apply(entry.seq, entry.submission) for entry in entries]
         rows = [row for a in applied if isinstance(a, _Events) for row in a.rows]
+        for row in rows:  # (number, account, profile, metric, …)
+            self._new_events.setdefault(row[2], set()).add(row[3])
         inserted = self.store.insert_events(rows) if rows else set()
         return [a if not isinstance(a, _Events) else self._settle(a, inserted) for a in applied]
 

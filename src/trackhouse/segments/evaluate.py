@@ -277,15 +277,20 @@ def _event_passes(f: Filter, value: Any, now: datetime) -> bool:
 
 def _metric_matches(condition: MetricCondition, facts: ProfileFacts, now: datetime) -> bool:
     frame = condition.timeframe
+    timed = frame.operator != "alltime"
+    filters = condition.metric_filters
     count, total = 0, 0.0
     for event in facts.events(condition.metric_id):
-        moment = datetime.fromtimestamp(event.time, UTC)
-        if frame.operator != "alltime" and not _date_matches(frame, moment, now):
+        # Only what the condition reads: the time if it has a timeframe, the properties
+        # (decoded on first use) if it has filters.
+        if timed and not _date_matches(frame, datetime.fromtimestamp(event.time, UTC), now):
             continue
-        props = event.properties
-        if all(_event_passes(f, props.get(name), now) for name, f in condition.metric_filters):
-            count += 1
-            total += event.value or 0.0
+        if filters:
+            props = event.properties
+            if not all(_event_passes(f, props.get(name), now) for name, f in filters):
+                continue
+        count += 1
+        total += event.value or 0.0
     measured = count if condition.measurement == "count" else total
     return _compare(condition.measurement_filter.operator, measured,
                     condition.measurement_filter.value)  # fmt: skip

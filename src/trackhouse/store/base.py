@@ -208,8 +208,8 @@ class MemberQuery:
 # or "definition" (a new or edited definition; segment-triggered flows never enter on these).
 MembershipChange = tuple[str, str, str, str, str, str]
 # A profile's event of a metric, as segment conditions read it: profile, metric, time, value,
-# properties (JSON).
-MetricEventRow = tuple[str, str, int, float | None, bytes]
+# properties (JSON; None where not asked for).
+MetricEventRow = tuple[str, str, int, float | None, bytes | None]
 
 
 @dataclass
@@ -316,8 +316,14 @@ class StoreWriter(Protocol):
         """Each profile's lists and segments: profile → group id → joined at (absent: none)."""
 
     def metric_events(
-        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
-    ) -> list[MetricEventRow]: ...
+        self,
+        account_id: str,
+        profile_ids: list[str],
+        metric_ids: list[str],
+        with_properties: list[str],
+    ) -> list[MetricEventRow]:
+        """The profiles' events of the metrics; their properties only for the metrics
+        `with_properties` (None for the others)."""
 
     def change_memberships(
         self, joins: list[MembershipChange], leaves: list[MembershipChange]

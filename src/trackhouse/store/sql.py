@@ -293,15 +293,25 @@ def memberships(d: Dialect, account_id: str, profile_ids: list[str]) -> tuple[st
 
 
 def metric_events(
-    d: Dialect, account_id: str, profile_ids: list[str], metric_ids: list[str]
+    d: Dialect,
+    account_id: str,
+    profile_ids: list[str],
+    metric_ids: list[str],
+    with_properties: list[str],
 ) -> tuple[str, list[Any]]:
+    """Rows of (profile, metric, time, value, properties or NULL)."""
+    properties: str = "NULL"
+    args: list[Any] = []
+    if with_properties:
+        clause, args = d.one_of("metric_id", with_properties)
+        properties = f"CASE WHEN {clause} THEN properties END"
     profiles, by_profile = d.one_of("profile_id", profile_ids)
     metrics, by_metric = d.one_of("metric_id", metric_ids)
     sql = (
-        "SELECT profile_id, metric_id, time, value, properties FROM events"
+        f"SELECT profile_id, metric_id, time, value, {properties} FROM events"
         f" WHERE account_id = {d.param} AND {profiles} AND {metrics}"
     )
-    return sql, [account_id, *by_profile, *by_metric]
+    return sql, [*args, account_id, *by_profile, *by_metric]
 
 
 def join_member(d: Dialect, kind: str) -> str:

@@ -327,10 +327,19 @@ class PostgresWriter:
         return found
 
     def metric_events(
-        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
+        self,
+        account_id: str,
+        profile_ids: list[str],
+        metric_ids: list[str],
+        with_properties: list[str],
     ) -> list[MetricEventRow]:
-        sql, args = sql_writes.metric_events(_SQL, account_id, profile_ids, metric_ids)
-        return [(p, m, t, v, bytes(props)) for p, m, t, v, props in self._rows(sql, args)]
+        sql, args = sql_writes.metric_events(
+            _SQL, account_id, profile_ids, metric_ids, with_properties
+        )
+        return [
+            (p, m, t, v, None if props is None else bytes(props))
+            for p, m, t, v, props in self._rows(sql, args)
+        ]
 
     def change_memberships(
         self, joins: list[MembershipChange], leaves: list[MembershipChange]

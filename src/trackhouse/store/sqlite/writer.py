@@ -214,12 +214,18 @@ class SQLiteWriter:
         return found
 
     def metric_events(
-        self, account_id: str, profile_ids: list[str], metric_ids: list[str]
+        self,
+        account_id: str,
+        profile_ids: list[str],
+        metric_ids: list[str],
+        with_properties: list[str],
     ) -> list[MetricEventRow]:
         rows: list[MetricEventRow] = []
         for start in range(0, len(profile_ids), 500):
             part = profile_ids[start : start + 500]
-            sql, args = sql_writes.metric_events(_SQL, account_id, part, metric_ids)
+            sql, args = sql_writes.metric_events(
+                _SQL, account_id, part, metric_ids, with_properties
+            )
             rows += self._rows(sql, args)
         return rows
 
