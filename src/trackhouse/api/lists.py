@@ -35,7 +35,6 @@ from trackhouse.ids import short_id
 from trackhouse.model import ListChange, ProfileChange, Submission
 from trackhouse.process.profiles import decode_profile
 from trackhouse.query.events import sparse
-from trackhouse.query.filters import FilterError, instant
 from trackhouse.store.base import ListQuery, ListRow, Store
 
 LIST_FIELDS = ("created", "id", "name", "opt_in_process", "updated")
@@ -197,28 +196,10 @@ async def get_lists(request: Request) -> Response:
                           includes=INCLUDES, fields={"list": LIST_FIELDS})  # fmt: skip
     query = ListQuery(caller.account_id, limit=q.size + 1)
     for c in q.filters:
-        if c.field in ("id", "name") and c.op in ("equals", "any"):
-            values = list(c.value) if c.op == "any" else [c.value]  # type: ignore[arg-type]
-            if not values or not all(isinstance(v, str) for v in values):
-                raise q.bad_filter(f"{c.field} must be compared with strings")
-            setattr(query, "ids" if c.field == "id" else "names", values)
-        elif c.field in ("created", "updated") and c.op == "greater-than":
-            try:
-                seconds = instant(c.value)
-            except FilterError as exc:
-                raise q.bad_filter(str(exc)) from None
-            at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-            setattr(query, f"{c.field}_after", at)
-        else:
-            raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
-    sort = q.sort or "id"
-    query.sort, query.descending = sort.lstrip("-"), sort.startswith("-")
-    after = q.cursor_value(list)
-    if after is not None:
-        if len(after) != 2 or not all(isinstance(v, str) and len(v) <= 2 * MAX_NAME
-                                      for v in after):  # fmt: skip
-            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
-        query.after = (after[0], after[1])
+        if members.group_filter(q, query, c):
+            continue
+        raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
+    members.group_order(q, query)
     rows = _store(request).lists(query)
     page, more = rows[: q.size], len(rows) > q.size
     last = page[-1] if page else None

@@ -13,6 +13,7 @@ events are, and `/admin/wait` makes it immediate in tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page
 from trackhouse.api.profiles import TIME_OPERATORS, time_bound
 from trackhouse.identifiers import identifier_key
 from trackhouse.query.events import sparse
+from trackhouse.query.filters import Condition, FilterError, instant
 from trackhouse.query.profiles import profile_resource
 from trackhouse.store.base import MemberQuery, Store
 
@@ -141,3 +143,38 @@ def groups_of_profile(
     for start in range(0, len(ids), CHUNK):
         rows += rows_of(ids[start : start + CHUNK])
     return rows
+
+
+MAX_NAME = 1000  # characters in a list's or segment's name
+
+
+def group_filter(q: ListRequest, query: Any, c: Condition) -> bool:
+    """A filter lists and segments share (id and name `equals` / `any`, created and updated
+    `greater-than`) set on `query` (a ListQuery or SegmentQuery); False if it is none."""
+    if c.field in ("id", "name") and c.op in ("equals", "any"):
+        values = list(c.value) if c.op == "any" else [c.value]  # type: ignore[arg-type]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise q.bad_filter(f"{c.field} must be compared with strings")
+        setattr(query, "ids" if c.field == "id" else "names", values)
+        return True
+    if c.field in ("created", "updated") and c.op == "greater-than":
+        try:
+            seconds = instant(c.value)
+        except FilterError as exc:
+            raise q.bad_filter(str(exc)) from None
+        at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+        setattr(query, f"{c.field}_after", at)
+        return True
+    return False
+
+
+def group_order(q: ListRequest, query: Any) -> None:
+    """`sort` and `page[cursor]` of a page of lists or segments, set on `query`."""
+    sort = q.sort or "id"
+    query.sort, query.descending = sort.lstrip("-"), sort.startswith("-")
+    after = q.cursor_value(list)
+    if after is not None:
+        if len(after) != 2 or not all(isinstance(v, str) and len(v) <= 2 * MAX_NAME
+                                      for v in after):  # fmt: skip
+            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
+        query.after = (after[0], after[1])

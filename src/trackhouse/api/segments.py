@@ -31,7 +31,6 @@ from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page
 from trackhouse.api.ratelimit import check_daily
 from trackhouse.ids import short_id
 from trackhouse.query.events import sparse
-from trackhouse.query.filters import FilterError, instant
 from trackhouse.segments.definition import (
     Definition,
     DefinitionError,
@@ -306,19 +305,9 @@ async def get_segments(request: Request) -> Response:
                           includes=INCLUDES, fields={"segment": SEGMENT_FIELDS})  # fmt: skip
     query = SegmentQuery(caller.account_id, limit=q.size + 1)
     for c in q.filters:
-        if c.field in ("id", "name") and c.op in ("equals", "any"):
-            values = list(c.value) if c.op == "any" else [c.value]  # type: ignore[arg-type]
-            if not values or not all(isinstance(v, str) for v in values):
-                raise q.bad_filter(f"{c.field} must be compared with strings")
-            setattr(query, "ids" if c.field == "id" else "names", values)
-        elif c.field in ("created", "updated") and c.op == "greater-than":
-            try:
-                seconds = instant(c.value)
-            except FilterError as exc:
-                raise q.bad_filter(str(exc)) from None
-            at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-            setattr(query, f"{c.field}_after", at)
-        elif (c.field == "is_active" and c.op in ("equals", "any")) or (
+        if members.group_filter(q, query, c):
+            continue
+        if (c.field == "is_active" and c.op in ("equals", "any")) or (
             c.field == "is_starred" and c.op == "equals"
         ):
             values = list(c.value) if c.op == "any" else [c.value]  # type: ignore[arg-type]
@@ -328,14 +317,7 @@ async def get_segments(request: Request) -> Response:
                 setattr(query, c.field, values[0])
         else:
             raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
-    sort = q.sort or "id"
-    query.sort, query.descending = sort.lstrip("-"), sort.startswith("-")
-    after = q.cursor_value(list)
-    if after is not None:
-        if len(after) != 2 or not all(isinstance(v, str) and len(v) <= 2 * MAX_NAME
-                                      for v in after):  # fmt: skip
-            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
-        query.after = (after[0], after[1])
+    members.group_order(q, query)
     rows = _store(request).segments(query)
     page, more = rows[: q.size], len(rows) > q.size
     next_value = None

@@ -137,7 +137,11 @@ LIST_COLUMNS = "id, name, opt_in_process, created, updated"
 LIST_SORTS = ("id", "name", "created", "updated")
 
 
-def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
+def _group_page(
+    d: Dialect, table: str, columns: str, q: ListQuery | SegmentQuery, flags: list[tuple[str, Any]]
+) -> tuple[str, list[Any]]:
+    """A page of an account's lists or segments: filters by id, name, creation and update
+    time (and `flags`: (column, value or None)), in `q.sort` order, ties broken by id."""
     p = d.param
     where = [f"account_id = {p}"]
     args: list[Any] = [q.account_id]
@@ -150,6 +154,10 @@ def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
         if low is not None:
             where.append(f"{column} > {p}")
             args.append(low)
+    for column, flag in flags:
+        if flag is not None:
+            where.append(f"{column} = {p}")
+            args.append(flag)
     assert q.sort in LIST_SORTS
     order = "DESC" if q.descending else "ASC"
     if q.after is not None:
@@ -160,11 +168,12 @@ def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
             where.append(f"({q.sort}, id) {_after(q.descending)} ({p}, {p})")
             args += list(q.after)
     ordering = f"id {order}" if q.sort == "id" else f"{q.sort} {order}, id {order}"
-    sql = (
-        f"SELECT {LIST_COLUMNS} FROM lists WHERE {' AND '.join(where)}"
-        f" ORDER BY {ordering} LIMIT {p}"
-    )
+    sql = f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)} ORDER BY {ordering} LIMIT {p}"
     return sql, [*args, q.limit]
+
+
+def list_page(d: Dialect, q: ListQuery) -> tuple[str, list[Any]]:
+    return _group_page(d, "lists", LIST_COLUMNS, q, [])
 
 
 def group_profile_counts(
@@ -197,37 +206,8 @@ def segment_row(row: tuple[Any, ...]) -> SegmentRow:
 
 
 def segment_page(d: Dialect, q: SegmentQuery) -> tuple[str, list[Any]]:
-    p = d.param
-    where = [f"account_id = {p}"]
-    args: list[Any] = [q.account_id]
-    for column, values in (("id", q.ids), ("name", q.names)):
-        if values is not None:
-            clause, matched = d.one_of(column, values)
-            where.append(clause)
-            args += matched
-    for column, low in (("created", q.created_after), ("updated", q.updated_after)):
-        if low is not None:
-            where.append(f"{column} > {p}")
-            args.append(low)
-    for column, flag in (("is_active", q.is_active), ("is_starred", q.is_starred)):
-        if flag is not None:
-            where.append(f"{column} = {p}")
-            args.append(flag)
-    assert q.sort in LIST_SORTS
-    order = "DESC" if q.descending else "ASC"
-    if q.after is not None:
-        if q.sort == "id":
-            where.append(f"id {_after(q.descending)} {p}")
-            args.append(q.after[1])
-        else:
-            where.append(f"({q.sort}, id) {_after(q.descending)} ({p}, {p})")
-            args += list(q.after)
-    ordering = f"id {order}" if q.sort == "id" else f"{q.sort} {order}, id {order}"
-    sql = (
-        f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE {' AND '.join(where)}"
-        f" ORDER BY {ordering} LIMIT {p}"
-    )
-    return sql, [*args, q.limit]
+    flags = [("is_active", q.is_active), ("is_starred", q.is_starred)]
+    return _group_page(d, "segments", SEGMENT_COLUMNS, q, flags)
 
 
 def member_page(d: Dialect, q: MemberQuery) -> tuple[str, list[Any]]:
