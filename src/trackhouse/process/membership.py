@@ -192,7 +192,7 @@ class Membership:
         facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in profile_ids}
         counting = [s for s in segments if s.metrics]
         if wanted is not None:
-            needing = [pid for pid in profile_ids if any(s.metrics for s in wanted[pid])]
+            needing = [pid for pid in profile_ids if any(s.metrics for s in wanted.get(pid, ()))]
             counting = [s for s in counting if any(s in wanted[pid] for pid in needing)]
         else:
             needing = profile_ids
@@ -256,7 +256,8 @@ class Membership:
             segments = in_order(self.store.active_segments(account_id), self._parse)
             if segments:
                 self.store.lock_profiles(account_id, pids)
-            profiles = {pid: self.book.get(account_id, pid) for pid in pids}
+            # (Without segments no profile is read back: the book may have just been dropped.)
+            profiles = {pid: self.book.get(account_id, pid) for pid in pids} if segments else {}
             wanted = {
                 pid: [] if p is None else self._to_evaluate(p, segments, new_events.get(pid, set()))
                 for pid, p in profiles.items()
