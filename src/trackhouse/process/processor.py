@@ -3,7 +3,8 @@
 It reads the log in order (so one person's events are applied in arrival order) in batches,
 applies each batch in one store transaction, and writes the log position it reached in that
 same transaction: a crash anywhere rolls back both, and the restart redoes exactly the
-uncommitted batch (design.md, invariants 2 and 3).
+uncommitted batch (design.md, invariants 2 and 3). List and segment members change in that
+same transaction (membership.py); segments' background computations run between batches.
 
 Two kinds of failure are told apart. Storage trouble (`StoreUnavailable`, which the store
 raises for disk full, locked, I/O) rolls back and retries the same entries later, with
