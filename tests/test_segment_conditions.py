@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from trackhouse.process.profiles import Profile
-from trackhouse.segments.definition import DefinitionError, parse_definition
-from trackhouse.segments.evaluate import matches
+from trackhouse.segments.definition import DefinitionError, MetricCondition, parse_definition
+from trackhouse.segments.evaluate import Measure, matches, measure_events
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 UNSET = object()  # the property is absent from the profile
@@ -387,6 +387,9 @@ class Facts:
 
     def events(self, metric_id: str) -> list[Event]:
         return self._events.get(metric_id, [])
+
+    def measure(self, condition: MetricCondition, now: datetime) -> Measure:
+        return measure_events(condition, self.events(condition.metric_id), now)
 
     def joined(self, group_id: str) -> datetime | None:
         return self._joined.get(group_id)

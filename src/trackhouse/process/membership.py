@@ -42,7 +42,7 @@ from trackhouse.segments.definition import (
     metrics_of,
     parse_definition,
 )
-from trackhouse.segments.evaluate import matches
+from trackhouse.segments.evaluate import Measure, add_measures, matches, measure_events
 from trackhouse.store.base import MembershipChange, SegmentRow, StoreWriter
 
 logger = logging.getLogger("trackhouse.process")
@@ -50,8 +50,10 @@ PAGE_PROFILES = 500  # profiles per page of a background computation
 Clock = Callable[[], datetime]
 _props = msgspec.json.Decoder(dict[str, Any])
 _fingerprint = msgspec.msgpack.Encoder().encode
-# Profiles whose content at their last evaluation this processor remembers (embedded store).
-MAX_REMEMBERED = 200_000
+# What this processor remembers of profiles (embedded store: `_Known`) is dropped whole, at a
+# commit, once it is estimated to hold about this much.
+MAX_REMEMBERED_BYTES = 64 * 1024 * 1024
+_ENTRY_BYTES, _ITEM_BYTES = 300, 100  # estimated: per profile, per membership or measure
 
 
 def iso(moment: datetime) -> str:
@@ -76,19 +78,54 @@ class _Event:
         return self._properties
 
 
+NewEvents = dict[str, dict[str, list[_Event]]]  # profile → metric → its events new in the batch
+
+
+def new_events(rows: Iterable[tuple[Any, ...]]) -> NewEvents:
+    """The batch's stored events (EventInsert rows: number, account, profile, metric, time, key,
+    value, currency, backfill, properties…), by profile and metric."""
+    found: NewEvents = {}
+    for row in rows:
+        found.setdefault(row[2], {}).setdefault(row[3], []).append(_Event(row[4], row[6], row[9]))
+    return found
+
+
 @dataclass(slots=True)
 class _Facts:
-    """One profile's events of the metrics its segments need, and its memberships."""
+    """One profile's memberships, its events of the metrics its segments need, and the
+    measures of its static metric conditions known already (by `events_key`)."""
 
     groups: dict[str, str]  # group id → joined at
     by_metric: dict[str, list[_Event]] = field(default_factory=dict)
+    measures: dict[str, Measure] = field(default_factory=dict)
 
-    def events(self, metric_id: str) -> Iterable[_Event]:
-        return self.by_metric.get(metric_id, ())
+    def measure(self, condition: MetricCondition, now: datetime) -> Measure:
+        if not condition.static:
+            return measure_events(condition, self.by_metric.get(condition.metric_id, ()), now)
+        known = self.measures.get(condition.events_key)
+        if known is None:  # its events were read: measured once for every condition like it
+            known = measure_events(condition, self.by_metric.get(condition.metric_id, ()), now)
+            self.measures[condition.events_key] = known
+        return known
 
     def joined(self, group_id: str) -> datetime | None:
         at = self.groups.get(group_id)
         return None if at is None else _joined(at)
+
+
+@dataclass(slots=True)
+class _Known:
+    """A profile as this processor last committed it (embedded store): the fingerprint of its
+    content when its segments were last evaluated, its memberships, and the measures of its
+    static metric conditions — kept up to date by adding each batch's new events, so that
+    its events need not be read again."""
+
+    mark: bytes
+    groups: dict[str, str]
+    measures: dict[str, Measure]
+
+    def weight(self) -> int:
+        return _ENTRY_BYTES + _ITEM_BYTES * (len(self.groups) + len(self.measures))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +139,19 @@ class Segment:
     # Whether it can change for a profile whose content did not: it reads `updated` or
     # `last_event_date` (moved by every event), or the clock.
     volatile: bool
+    measured: tuple[MetricCondition, ...]  # its metric conditions
 
     @staticmethod
     def of(segment_id: str, version: int, definition: Definition) -> Segment:
         conditions = [c for group in definition.groups for c in group]
-        filtered = {c.metric_id for c in conditions
-                    if isinstance(c, MetricCondition) and c.metric_filters}  # fmt: skip
+        measured = tuple(c for c in conditions if isinstance(c, MetricCondition))
+        filtered = {c.metric_id for c in measured if c.metric_filters}
         moving = any(isinstance(c, PropertyCondition)
                      and c.property.section in ("updated", "last_event_date")
                      for c in conditions)  # fmt: skip
         return Segment(segment_id, version, definition, frozenset(metrics_of(definition)),
                        frozenset(filtered), frozenset(groups_of(definition)),
-                       moving or depends_on_time(definition))  # fmt: skip
+                       moving or depends_on_time(definition), measured)  # fmt: skip
 
 
 def fingerprint(profile: Profile) -> bytes:
@@ -153,19 +191,21 @@ class Membership:
         self.store = store
         self.book = book
         self.clock = clock
-        self._parsed: dict[tuple[str, int], Segment | None] = {}
-        # profile id → its fingerprint when its segments were last evaluated, as committed; only
-        # where this processor is the store's one writer (`store.shared` false), since then
-        # nothing else changes a profile or its memberships (the API's deletes of lists and
-        # segments make the segments that name them compute again).
-        self._seen: dict[str, bytes] = {}
-        self._staged: dict[str, bytes] = {}
+        self._parsed: dict[tuple[str, int, str], Segment | None] = {}
+        # Profiles as last committed, where this processor is the store's one writer
+        # (`store.shared` false): then nothing else changes a profile, its events or its
+        # memberships — but the API's deletes of lists and segments, after which all of it
+        # is forgotten (`_check_deletions`).
+        self._known: dict[str, _Known] = {}
+        self._deletions = -1
+        self._weight = 0
+        self._staged: dict[str, _Known] = {}
 
     def _parse(self, row: SegmentRow) -> Segment | None:
         """The stored definition, parsed once per version; None (and the segment is left as
         it is) if this version of trackhouse cannot read it: one bad segment must not turn a
         batch's events into rejections."""
-        key = (row.id, row.version)
+        key = (row.id, row.version, row.definition)  # a deleted segment's id may come back
         if key in self._parsed:
             return self._parsed[key]
         if len(self._parsed) > 10_000:
@@ -185,65 +225,119 @@ class Membership:
         profile_ids: list[str],
         segments: list[Segment],
         wanted: dict[str, list[Segment]] | None = None,
+        new: NewEvents | None = None,
     ) -> dict[str, _Facts]:
-        """Each profile's memberships, and its events of the metrics of the segments to be
-        evaluated on it (`wanted`, by profile; all of `segments` when None)."""
-        current = self.store.memberships(account_id, profile_ids)
-        facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in profile_ids}
-        counting = [s for s in segments if s.metrics]
-        if wanted is not None:
-            needing = [pid for pid in profile_ids if any(s.metrics for s in wanted.get(pid, ()))]
-            counting = [s for s in counting if any(s in wanted[pid] for pid in needing)]
-        else:
-            needing = profile_ids
-        metrics = sorted({m for s in counting for m in s.metrics})
-        if metrics and needing:
-            filtered = sorted({m for s in counting for m in s.filtered})
+        """Each profile's memberships and what the segments to be evaluated on it (`wanted`,
+        by profile; all of `segments` when None) need of its events. Where the profile is
+        remembered (`wanted` given), its memberships and static measures are taken from
+        there, the measures brought up to date with its `new` events; only the events of
+        metrics that are not measured so are read."""
+        known = {} if wanted is None else {pid: k for pid in profile_ids
+                                            if (k := self._known.get(pid)) is not None}  # fmt: skip
+        unknown = [pid for pid in profile_ids if pid not in known]
+        current = self.store.memberships(account_id, unknown) if unknown else {}
+        facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in unknown}
+        if known:
+            now = self.clock()
+            conditions = {c.events_key: c for s in segments for c in s.measured if c.static}
+            for pid, k in known.items():
+                arrived = (new or {}).get(pid, {})
+                measures = {}
+                for key, measure in k.measures.items():
+                    c = conditions.get(key)
+                    if c is None:
+                        continue  # no segment measures it now
+                    events = arrived.get(c.metric_id)
+                    measures[key] = (add_measures(measure, measure_events(c, events, now))
+                                     if events else measure)  # fmt: skip
+                facts[pid] = _Facts(dict(k.groups), measures=measures)
+        # The events to read: of each metric some condition to be evaluated measures and
+        # that is not relative to now or not measured already.
+        reading: dict[str, set[str]] = {}
+        for pid in profile_ids:
+            have = facts[pid].measures
+            for s in segments if wanted is None else wanted.get(pid, ()):
+                for c in s.measured:
+                    if not c.static or c.events_key not in have:
+                        reading.setdefault(pid, set()).add(c.metric_id)
+        if reading:
+            metrics = sorted(set().union(*reading.values()))
+            filtered = sorted({m for s in segments for m in s.filtered} & set(metrics))
             for pid, metric, t, value, raw in self.store.metric_events(
-                account_id, needing, metrics, filtered
+                account_id, sorted(reading), metrics, filtered
             ):
                 facts[pid].by_metric.setdefault(metric, []).append(_Event(t, value, raw or b"{}"))
         return facts
 
+    def _check_deletions(self) -> None:
+        """In a transaction: forget every profile remembered if a list or segment was deleted
+        since the last look (a deleted segment's members must not linger, in case its id
+        were drawn again)."""
+        if self.store.shared:
+            return
+        deletions = self.store.groups_deleted()
+        if deletions != self._deletions:
+            self.forget()
+            self._deletions = deletions
+
     def committed(self) -> None:
-        """The batch whose evaluations were staged is committed: remember them."""
-        if len(self._seen) + len(self._staged) > MAX_REMEMBERED:
-            self._seen.clear()
-        self._seen.update(self._staged)
+        """The transaction whose evaluations were staged is committed: remember them."""
+        for pid, k in self._staged.items():
+            old = self._known.get(pid)
+            self._weight += k.weight() - (old.weight() if old is not None else 0)
+            self._known[pid] = k
         self._staged.clear()
+        if self._weight > MAX_REMEMBERED_BYTES:
+            self.forget()
 
     def forget(self) -> None:
-        self._seen.clear()
+        self._known.clear()
         self._staged.clear()
+        self._weight = 0
+
+    def _stage(self, pid: str, mark: bytes | None, facts: _Facts) -> None:
+        """Remember the profile as this transaction leaves it, once it commits. `mark`: its
+        content's fingerprint, every segment evaluated on it; None: those remembered still
+        hold (if any)."""
+        if self.store.shared:
+            return
+        if mark is None:
+            old = self._staged.get(pid) or self._known.get(pid)
+            if old is None:
+                return
+            mark = old.mark
+        self._staged[pid] = _Known(mark, facts.groups, facts.measures)
 
     def _to_evaluate(
         self,
         profile: Profile,
         segments: list[Segment],
-        metrics: set[str],
-    ) -> list[Segment]:
+        metrics: Iterable[str],
+    ) -> tuple[list[Segment], bytes | None]:
         """The segments whose answer may have changed for the profile in this batch: all of
         them if its content changed (or is not remembered); otherwise the volatile ones, those
         counting a metric it has new events of, and those naming lists or segments (whose
-        members may have changed in this batch)."""
+        members may have changed in this batch). And its content's fingerprint."""
         if self.store.shared:
-            return segments
+            return segments, None
         mark = fingerprint(profile)
-        self._staged[profile.id] = mark
-        if self._seen.get(profile.id) != mark:
-            return segments
-        return [s for s in segments if s.volatile or s.groups or s.metrics & metrics]
+        known = self._known.get(profile.id)
+        if known is None or known.mark != mark:
+            return segments, mark
+        arrived = set(metrics)
+        chosen = [s for s in segments if s.volatile or s.groups or s.metrics & arrived]
+        return chosen, mark
 
     def apply(
         self,
         touched: dict[str, set[str]],
         list_changes: list[tuple[str, str, str, bool, str]],
-        new_events: dict[str, set[str]] | None = None,
+        new: NewEvents | None = None,
     ) -> None:
         """After a batch: its list changes (account, list, profile, add, at), then the
         segments of every profile it touched (account → profile ids) whose answer may have
-        changed (`new_events`: profile → the metrics it has new events of)."""
-        new_events = new_events or {}
+        changed (`new`: the profiles' events stored by the batch)."""
+        new = new or {}
         joins: list[MembershipChange] = []
         leaves: list[MembershipChange] = []
         now = self.clock()
@@ -251,35 +345,59 @@ class Membership:
         changed_lists: dict[str, list[tuple[str, str, str, bool, str]]] = {}
         for change in list_changes:
             changed_lists.setdefault(change[0], []).append(change)
+        self._check_deletions()
         for account_id in sorted(touched.keys() | changed_lists.keys()):
-            pids = sorted(touched.get(account_id, set()))
+            changes = changed_lists.get(account_id, [])
             segments = in_order(self.store.active_segments(account_id), self._parse)
-            if segments:
-                self.store.lock_profiles(account_id, pids)
-            # (Without segments no profile is read back: the book may have just been dropped.)
-            profiles = {pid: self.book.get(account_id, pid) for pid in pids} if segments else {}
-            wanted = {
-                pid: [] if p is None else self._to_evaluate(p, segments, new_events.get(pid, set()))
-                for pid, p in profiles.items()
-            }
-            facts = self._facts(account_id, pids, segments, wanted)
-            for _, list_id, pid, add, when in changed_lists.get(account_id, []):
-                groups = facts[pid].groups
-                if add and list_id not in groups:
-                    joins.append(("list", account_id, list_id, pid, when, "processing"))
-                    groups[list_id] = when
-                elif not add and list_id in groups:
-                    leaves.append(("list", account_id, list_id, pid, when, "processing"))
-                    del groups[list_id]
             if not segments:
+                # No profile is read back (the book may have just been dropped): the list
+                # changes' profiles, and the remembered ones, whose measures are dropped.
+                remembered = {pid for pid in touched.get(account_id, ()) if pid in self._known}
+                pids = sorted({pid for _, _, pid, _, _ in changes} | remembered)
+                facts = self._facts(account_id, pids, [], {})
+                self._change_lists(account_id, changes, facts, joins, leaves)
+                for pid in pids:
+                    self._stage(pid, None, facts[pid])
                 continue
+            pids = sorted(touched.get(account_id, set()))
+            self.store.lock_profiles(account_id, pids)
+            profiles = {pid: self.book.get(account_id, pid) for pid in pids}
+            wanted: dict[str, list[Segment]] = {}
+            marks: dict[str, bytes | None] = {}
+            for pid, p in profiles.items():
+                if p is None:
+                    wanted[pid], marks[pid] = [], None
+                else:
+                    wanted[pid], marks[pid] = self._to_evaluate(p, segments, new.get(pid, ()))
+            facts = self._facts(account_id, pids, segments, wanted, new)
+            self._change_lists(account_id, changes, facts, joins, leaves)
             for pid in pids:
                 profile = profiles[pid]
-                if profile is not None and wanted[pid]:
+                if profile is None:
+                    continue
+                if wanted[pid]:
                     self._evaluate(account_id, profile, facts[pid], wanted[pid], now, at,
                                    "processing", joins, leaves)  # fmt: skip
+                self._stage(pid, marks[pid], facts[pid])
         if joins or leaves:
             self.store.change_memberships(joins, leaves)
+
+    @staticmethod
+    def _change_lists(
+        account_id: str,
+        changes: list[tuple[str, str, str, bool, str]],
+        facts: dict[str, _Facts],
+        joins: list[MembershipChange],
+        leaves: list[MembershipChange],
+    ) -> None:
+        for _, list_id, pid, add, when in changes:
+            groups = facts[pid].groups
+            if add and list_id not in groups:
+                joins.append(("list", account_id, list_id, pid, when, "processing"))
+                groups[list_id] = when
+            elif not add and list_id in groups:
+                leaves.append(("list", account_id, list_id, pid, when, "processing"))
+                del groups[list_id]
 
     def _evaluate(
         self,
@@ -321,7 +439,17 @@ class Membership:
     def compute(self, limit: int = PAGE_PROFILES) -> int:
         """One page of the oldest pending computation, in its own transaction; how many
         profiles it evaluated (0: nothing is pending)."""
+        try:
+            evaluated = self._compute(limit)
+        except BaseException:
+            self.forget()
+            raise
+        self.committed()
+        return evaluated
+
+    def _compute(self, limit: int) -> int:
         with self.store.transaction():
+            self._check_deletions()
             pending = self.store.pending_segments()
             if not pending:
                 return 0
@@ -352,6 +480,10 @@ class Membership:
             for pid, doc in page:
                 self._evaluate(account_id, decode_profile(doc), facts[pid], segments, now, at,
                                row.cause, joins, leaves)  # fmt: skip
+                known = self._known.get(pid)
+                if known is not None:  # what was read is the whole truth: remembered too
+                    measures = {**known.measures, **facts[pid].measures}
+                    self._staged[pid] = _Known(known.mark, facts[pid].groups, measures)
             if joins or leaves:
                 self.store.change_memberships(joins, leaves)
             done = len(page) < limit

@@ -30,7 +30,7 @@ from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
-from trackhouse.process.membership import Clock, Membership
+from trackhouse.process.membership import Clock, Membership, new_events
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, Profile, apply_bounded
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict, StoreUnavailable
 from trackhouse.store.base import (
@@ -90,7 +90,7 @@ class Processor:
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
-        self._new_events: dict[str, set[str]] = {}  # profile → metrics, in the batch
+        self._stored: list[EventInsert] = []  # the batch's events that were inserted
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         # The processed position of each partition held, as this processor committed it.
@@ -247,14 +247,16 @@ class Processor:
     ) -> None:
         old = self.positions[partition]
         self._list_changes = []
-        self._new_events = {}
+        self._stored = []
         try:
             with self.store.transaction():
                 # First: another worker that moved the position meanwhile fences this batch.
                 self.store.advance(partition, old, entries[-1].position)
                 outcomes = apply(entries)
                 self.book.flush()
-                self.membership.apply(_touched(outcomes), self._list_changes, self._new_events)
+                self.membership.apply(
+                    _touched(outcomes), self._list_changes, new_events(self._stored)
+                )
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:
@@ -280,9 +282,8 @@ class Processor:
             self.book.prefetch([(e.submission.account_id, e.submission.profile) for e in entries])
         applied = [self._apply(entry.seq, entry.submission) for entry in entries]
         rows = [row for a in applied if isinstance(a, _Events) for row in a.rows]
-        for row in rows:  # (number, account, profile, metric, …)
-            self._new_events.setdefault(row[2], set()).add(row[3])
         inserted = self.store.insert_events(rows) if rows else set()
+        self._stored += (row for row in rows if row[0] in inserted)
         return [a if not isinstance(a, _Events) else self._settle(a, inserted) for a in applied]
 
     def _settle(self, a: _Events, inserted: set[int]) -> OutcomeRow:

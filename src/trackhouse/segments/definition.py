@@ -15,10 +15,11 @@ permissions, funnels, marketing consent.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import re2  # type: ignore[import-untyped]
 
 MAX_CONDITIONS = 100  # conditions in a definition (Klaviyo's help 115005062847)
@@ -99,6 +100,11 @@ class Filter:
     seconds: int = 0  # relative dates: quantity × unit
     start: Any = None  # date ranges: datetimes (static) or seconds ago (relative)
     end: Any = None
+    # Answers for scalar values seen already, (type, value) → bool: a metric filter meets the
+    # same few values on event after event (segments/evaluate.py).
+    memo: dict[tuple[Any, Any], bool] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,15 @@ class MetricCondition:
     measurement_filter: Filter  # numeric
     timeframe: Filter  # date; operator "alltime" for every event
     metric_filters: tuple[tuple[str, Filter], ...]  # (top-level event property, filter)
+    # Which events it measures (metric, timeframe and filters as written): conditions with
+    # equal keys measure the same events, whatever their measurement and comparison.
+    events_key: str = field(compare=False)
+
+    @property
+    def static(self) -> bool:
+        """Whether each event's place in the measure is fixed (the timeframe does not move
+        with the clock), so that a measure can be kept up to date by adding new events."""
+        return self.timeframe.operator in STATIC_TIMEFRAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +325,8 @@ DATE_OPERATORS = ("before", "after", "between-static", "in-the-last", "at-least"
 TIMEFRAME_OPERATORS = {"before", "after", "between-static", "in-the-last", "at-least",
                        "in-the-next", "between", "anniversary-last", "anniversary-next",
                        "alltime"}  # fmt: skip
+# Timeframes that do not move with the clock.
+STATIC_TIMEFRAMES = frozenset(("alltime", "before", "after", "between-static"))
 JOINED_OPERATORS = {"before", "after", "between-static", "in-the-last", "at-least",
                     "in-the-next", "between"}  # fmt: skip
 
@@ -408,7 +425,9 @@ def parse_condition(value: Any, pointer: str) -> Condition:
                     raise DefinitionError(at + "/filter/type", detail)
                 rule = parse_filter(entry["filter"], at + "/filter", event_property=True)
             metric_filters.append((name, rule))
-        return MetricCondition(metric_id, measurement, measured, timeframe, tuple(metric_filters))
+        key = msgspec.json.encode([metric_id, raw["timeframe_filter"], filters_raw], order="sorted")
+        return MetricCondition(metric_id, measurement, measured, timeframe, tuple(metric_filters),
+                               key.decode())  # fmt: skip
     if kind == "profile-group-membership":
         if not isinstance(value.get("is_member"), bool):
             raise DefinitionError(pointer + "/is_member", "must be true or false")

@@ -19,7 +19,8 @@ tests/test_segment_conditions.py:
   `anniversary-last` / `-next` N: this year's anniversary (or last / next year's) falls in the N
   units before / after now; `calendar-month` M: the date's month is M.
 - **Metrics**: `count` is the number of the metric's events in the timeframe that pass every
-  metric filter, `sum` the sum of their values (an event without a value adds 0); a profile
+  metric filter, `sum` the sum of their values (an event without a value adds 0), added
+  exactly and rounded once, so that 0.1 + 0.2 + 0.3 equals 0.6 in any order; a profile
   with no such event has a count and a sum of 0, so "done 0 times" matches it. Metric filters
   are the property filters above, on the event's top-level properties (an object value only
   passes `is-set`), plus `contains-all` / `-any` and `contains-substring` on lists of strings
@@ -35,6 +36,7 @@ tests/test_segment_conditions.py:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
@@ -64,10 +66,11 @@ class MetricEvent(Protocol):
 
 
 class ProfileFacts(Protocol):
-    """What conditions beyond the profile's own document need: its events of a metric, and
-    when it joined a list or segment (None: not a member)."""
+    """What conditions beyond the profile's own document need: the count and sum of its
+    events that a metric condition measures (`measure_events` over its events, or a measure
+    kept up to date), and when it joined a list or segment (None: not a member)."""
 
-    def events(self, metric_id: str) -> Iterable[MetricEvent]: ...
+    def measure(self, condition: MetricCondition, now: datetime) -> Measure: ...
 
     def joined(self, group_id: str) -> datetime | None: ...
 
@@ -75,8 +78,8 @@ class ProfileFacts(Protocol):
 class NoFacts:
     """A profile with no events and no memberships."""
 
-    def events(self, metric_id: str) -> Iterable[MetricEvent]:
-        return ()
+    def measure(self, condition: MetricCondition, now: datetime) -> Measure:
+        return NOTHING
 
     def joined(self, group_id: str) -> datetime | None:
         return None
@@ -275,23 +278,79 @@ def _event_passes(f: Filter, value: Any, now: datetime) -> bool:
     return filter_matches(f, value, now)
 
 
-def _metric_matches(condition: MetricCondition, facts: ProfileFacts, now: datetime) -> bool:
+# A metric condition's measure: the count of the events it measures and the exact sum of their
+# values, as numerator / 2**shift (every float is one such fraction), so that a sum is the same
+# whatever the order of its events and however it was kept up to date (`add_measures`).
+Measure = tuple[int, int, int]
+NOTHING: Measure = (0, 0, 0)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+MEMO_SIZE = 4096  # answers a metric filter remembers
+
+
+def _event_property_passes(f: Filter, value: Any, now: datetime) -> bool:
+    """`_event_passes`, remembered for scalar values (metric filters do not read the clock:
+    dates are not an event property filter)."""
+    if type(value) not in _SCALARS:
+        return _event_passes(f, value, now)
+    key = (type(value), value)  # the type too: True, 1 and 1.0 are one key otherwise
+    memo = f.memo
+    found = memo.get(key)
+    if found is None:
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        found = memo[key] = _event_passes(f, value, now)
+    return found
+
+
+def measure_events(
+    condition: MetricCondition, events: Iterable[MetricEvent], now: datetime
+) -> Measure:
+    """The measure of the events the condition takes (in its timeframe, passing every metric
+    filter)."""
     frame = condition.timeframe
     timed = frame.operator != "alltime"
     filters = condition.metric_filters
-    count, total = 0, 0.0
-    for event in facts.events(condition.metric_id):
+    count, numerator, shift = 0, 0, 0
+    for event in events:
         # Only what the condition reads: the time if it has a timeframe, the properties
         # (decoded on first use) if it has filters.
         if timed and not _date_matches(frame, datetime.fromtimestamp(event.time, UTC), now):
             continue
         if filters:
             props = event.properties
-            if not all(_event_passes(f, props.get(name), now) for name, f in filters):
+            if not all(_event_property_passes(f, props.get(name), now) for name, f in filters):
                 continue
         count += 1
-        total += event.value or 0.0
-    measured = count if condition.measurement == "count" else total
+        if event.value:
+            n, d = event.value.as_integer_ratio()  # d is a power of two
+            k = d.bit_length() - 1
+            if k > shift:
+                numerator <<= k - shift
+                shift = k
+            numerator += n << (shift - k)
+    return count, numerator, shift
+
+
+def add_measures(a: Measure, b: Measure) -> Measure:
+    (c1, n1, k1), (c2, n2, k2) = a, b
+    k = max(k1, k2)
+    return c1 + c2, (n1 << (k - k1)) + (n2 << (k - k2)), k
+
+
+def total(measure: Measure) -> float:
+    """The sum, rounded once to the nearest float."""
+    _, numerator, shift = measure
+    try:
+        return numerator / (1 << shift)
+    except OverflowError:  # past the largest float
+        return math.copysign(math.inf, numerator)
+
+
+def _metric_matches(condition: MetricCondition, facts: ProfileFacts, now: datetime) -> bool:
+    measure = facts.measure(condition, now)
+    measured = measure[0] if condition.measurement == "count" else total(measure)
     return _compare(condition.measurement_filter.operator, measured,
                     condition.measurement_filter.value)  # fmt: skip
 

@@ -207,6 +207,8 @@ class MemberQuery:
 # cause: "processing" (an event, a profile change, a list change), "time" (the clock moved)
 # or "definition" (a new or edited definition; segment-triggered flows never enter on these).
 MembershipChange = tuple[str, str, str, str, str, str]
+# A recorded join or leave: id, kind, group, profile, joined (else left), at, cause.
+MembershipChangeRow = tuple[int, str, str, str, bool, str, str]
 # A profile's event of a metric, as segment conditions read it: profile, metric, time, value,
 # properties (JSON; None where not asked for).
 MetricEventRow = tuple[str, str, int, float | None, bytes | None]
@@ -314,6 +316,10 @@ class StoreWriter(Protocol):
 
     def memberships(self, account_id: str, profile_ids: list[str]) -> dict[str, dict[str, str]]:
         """Each profile's lists and segments: profile → group id → joined at (absent: none)."""
+
+    def groups_deleted(self) -> int:
+        """How many lists and segments were ever deleted (by the API): what a processor
+        remembers of memberships past its transactions holds while this does not change."""
 
     def metric_events(
         self,
@@ -459,6 +465,11 @@ class Store(Protocol):
         """Delete a segment, its members and their changes; False if there was none."""
 
     def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]: ...
+
+    def membership_changes(
+        self, account_id: str, group_id: str, after: int = 0, limit: int = 1000
+    ) -> list[MembershipChangeRow]:
+        """The list's or segment's joins and leaves after change `after`, oldest first."""
 
     def segments_pending(self) -> int:
         """Active segments whose computation is not done (for /admin/wait)."""

@@ -311,6 +311,15 @@ def leave_member(d: Dialect, kind: str) -> str:
     return f"DELETE FROM {table} WHERE account_id = {p} AND {column} = {p} AND profile_id = {p}"
 
 
+def membership_changes(d: Dialect) -> str:
+    """(account, group, after, limit) → MembershipChangeRow, oldest first."""
+    p = d.param
+    return (
+        "SELECT id, kind, group_id, profile_id, joined, at, cause FROM membership_changes"
+        f" WHERE account_id = {p} AND group_id = {p} AND id > {p} ORDER BY id LIMIT {p}"
+    )
+
+
 def record_change(d: Dialect) -> str:
     """(kind, account, group, profile, joined, at, cause)."""
     p = d.param

@@ -23,6 +23,7 @@ from trackhouse.store.base import (
     ListQuery,
     ListRow,
     MemberQuery,
+    MembershipChangeRow,
     MetricRow,
     Outcome,
     ProfileQuery,
@@ -166,7 +167,9 @@ class PostgresStore:
             f"WITH gone AS (DELETE FROM {kind}s WHERE id = %s AND account_id = %s RETURNING id),"
             f" members AS (DELETE FROM {table} m USING gone WHERE m.account_id = %s"
             f" AND m.{column} = gone.id), changes AS (DELETE FROM membership_changes c"
-            " USING gone WHERE c.account_id = %s AND c.group_id = gone.id)"
+            " USING gone WHERE c.account_id = %s AND c.group_id = gone.id),"
+            " counted AS (INSERT INTO trackhouse_meta SELECT 'groups_deleted', '1' FROM gone"
+            " ON CONFLICT (key) DO UPDATE SET value = (trackhouse_meta.value::bigint + 1)::text)"
             " SELECT count(*) FROM gone",
             (group_id, account_id, account_id, account_id),
         )
@@ -226,6 +229,12 @@ class PostgresStore:
 
     def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]:
         return self._counts("segment", account_id, ids)
+
+    def membership_changes(
+        self, account_id: str, group_id: str, after: int = 0, limit: int = 1000
+    ) -> list[MembershipChangeRow]:
+        sql = sql_reads.membership_changes(_SQL)
+        return self.db.all(sql, (account_id, group_id, after, limit))  # type: ignore[return-value]
 
     def segments_pending(self) -> int:
         return self.db.all("SELECT count(*) FROM segments WHERE pending AND is_active")[0][0]

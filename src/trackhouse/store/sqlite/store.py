@@ -27,6 +27,7 @@ from trackhouse.store.base import (
     ListQuery,
     ListRow,
     MemberQuery,
+    MembershipChangeRow,
     MetricRow,
     Outcome,
     ProfileQuery,
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
     from trackhouse.store.sqlite.writer import SQLiteWriter
 from trackhouse.log import EventLog, LogMismatch
 from trackhouse.store import ProcessorRunning, ResetElsewhere, StoreUnavailable
+
+# Counts deletions of lists and segments (StoreWriter.groups_deleted).
+DELETED_GROUP = (
+    "INSERT INTO meta VALUES ('groups_deleted', '1') ON CONFLICT (key)"
+    " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (
@@ -475,6 +482,8 @@ class SQLiteStore:
                 gone = self._conn.execute(
                     f"DELETE FROM {kind}s WHERE id = ? AND account_id = ?", (group_id, account_id)
                 ).rowcount
+                if gone:  # the processor's memory of memberships no longer holds
+                    self._conn.execute(DELETED_GROUP)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -530,6 +539,12 @@ class SQLiteStore:
 
     def segment_profile_counts(self, account_id: str, ids: list[str]) -> dict[str, int]:
         return self._counts("segment", account_id, ids)
+
+    def membership_changes(
+        self, account_id: str, group_id: str, after: int = 0, limit: int = 1000
+    ) -> list[MembershipChangeRow]:
+        rows = self._all(sql_reads.membership_changes(_SQL), (account_id, group_id, after, limit))
+        return [(i, k, g, p, bool(joined), at, c) for i, k, g, p, joined, at, c in rows]
 
     def segments_pending(self) -> int:
         return self._all("SELECT count(*) FROM segments WHERE pending AND is_active", ())[0][0]

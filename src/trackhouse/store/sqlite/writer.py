@@ -213,6 +213,10 @@ class SQLiteWriter:
                 found.setdefault(profile_id, {})[group_id] = joined_at
         return found
 
+    def groups_deleted(self) -> int:
+        found = self._rows("SELECT value FROM meta WHERE key = 'groups_deleted'", ())
+        return int(found[0][0]) if found else 0
+
     def metric_events(
         self,
         account_id: str,
