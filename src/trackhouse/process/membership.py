@@ -81,12 +81,13 @@ class _Event:
 NewEvents = dict[str, dict[str, list[_Event]]]  # profile → metric → its events new in the batch
 
 
-def new_events(rows: Iterable[tuple[Any, ...]]) -> NewEvents:
+def new_events(stored: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]) -> NewEvents:
     """The batch's stored events (EventInsert rows: number, account, profile, metric, time, key,
-    value, currency, backfill, properties…), by profile and metric."""
+    value…; with their properties), by profile and metric."""
     found: NewEvents = {}
-    for row in rows:
-        found.setdefault(row[2], {}).setdefault(row[3], []).append(_Event(row[4], row[6], row[9]))
+    for row, properties in stored:
+        event = _Event(row[4], row[6], row[9], properties)
+        found.setdefault(row[2], {}).setdefault(row[3], []).append(event)
     return found
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -90,7 +91,8 @@ class Processor:
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
-        self._stored: list[EventInsert] = []  # the batch's events that were inserted
+        # The batch's events that were inserted, with their properties.
+        self._stored: list[tuple[EventInsert, dict[str, Any]]] = []
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         # The processed position of each partition held, as this processor committed it.
@@ -283,7 +285,13 @@ class Processor:
         applied = [self._apply(entry.seq, entry.submission) for entry in entries]
         rows = [row for a in applied if isinstance(a, _Events) for row in a.rows]
         inserted = self.store.insert_events(rows) if rows else set()
-        self._stored += (row for row in rows if row[0] in inserted)
+        self._stored += (
+            (row, props)
+            for a in applied
+            if isinstance(a, _Events)
+            for row, props in zip(a.rows, a.properties, strict=True)
+            if row[0] in inserted
+        )
         return [a if not isinstance(a, _Events) else self._settle(a, inserted) for a in applied]
 
     def _settle(self, a: _Events, inserted: set[int]) -> OutcomeRow:
@@ -330,6 +338,7 @@ class Processor:
         results: list[Result] = []
         rows: list[EventInsert] = []
         keys: list[tuple[str, str, bool]] = []
+        properties: list[dict[str, Any]] = []
         for idx, event in enumerate(s.events):
             metric_id = self._metric(s.account_id, event.metric, event.service, s.metric_cap)
             if metric_id is None:
@@ -354,8 +363,9 @@ class Processor:
                 )
             )
             keys.append((metric_id, key, event.unique_id is not None))
+            properties.append(event.properties)
             results.append(("stored", number, notes))  # until the insert says otherwise
-        return _Events(seq, s, profile, rows, keys, results, notes)
+        return _Events(seq, s, profile, rows, keys, results, notes, properties)
 
     def _list_change(self, seq: int, s: Submission) -> OutcomeRow:
         """Add to or remove from a list: the profile itself is not changed. Applied with the
@@ -479,6 +489,7 @@ class _Events:
     keys: list[tuple[str, str, bool]]  # metric id, dedup key, whether it was a unique_id
     results: list[Result]  # "stored" until the insert says otherwise
     notes: str | None
+    properties: list[dict[str, Any]]  # each row's event properties (not decoded again)
 
 
 def _wall_clock() -> datetime:

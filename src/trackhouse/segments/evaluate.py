@@ -310,18 +310,20 @@ def measure_events(
     """The measure of the events the condition takes (in its timeframe, passing every metric
     filter)."""
     frame = condition.timeframe
-    timed = frame.operator != "alltime"
+    if frame.operator != "alltime":
+        events = [e for e in events
+                  if _date_matches(frame, datetime.fromtimestamp(e.time, UTC), now)]  # fmt: skip
+    # The properties are decoded on first use, only where a condition filters by them.
     filters = condition.metric_filters
+    if len(filters) == 1:
+        ((name, f),) = filters
+        events = [e for e in events if _event_property_passes(f, e.properties.get(name), now)]
+    elif filters:
+        events = [e for e in events
+                  if all(_event_property_passes(f, e.properties.get(name), now)
+                         for name, f in filters)]  # fmt: skip
     count, numerator, shift = 0, 0, 0
     for event in events:
-        # Only what the condition reads: the time if it has a timeframe, the properties
-        # (decoded on first use) if it has filters.
-        if timed and not _date_matches(frame, datetime.fromtimestamp(event.time, UTC), now):
-            continue
-        if filters:
-            props = event.properties
-            if not all(_event_property_passes(f, props.get(name), now) for name, f in filters):
-                continue
         count += 1
         if event.value:
             n, d = event.value.as_integer_ratio()  # d is a power of two

@@ -134,7 +134,11 @@ CREATE TABLE IF NOT EXISTS list_members (
     joined_at TEXT NOT NULL,
     PRIMARY KEY (account_id, list_id, profile_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS list_members_profile ON list_members (account_id, profile_id);
+-- A profile's lists, covering: with (account, profile) alone, and no statistics, SQLite read
+-- every member of the account through list_members_joined instead.
+DROP INDEX IF EXISTS list_members_profile;
+CREATE INDEX IF NOT EXISTS list_members_of_profile
+    ON list_members (account_id, profile_id, list_id, joined_at);
 CREATE INDEX IF NOT EXISTS list_members_joined
     ON list_members (account_id, list_id, joined_at, profile_id);
 -- Segments (written by the API process) and their members (written by processing).
@@ -163,7 +167,9 @@ CREATE TABLE IF NOT EXISTS segment_members (
     joined_at TEXT NOT NULL,
     PRIMARY KEY (account_id, segment_id, profile_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (account_id, profile_id);
+DROP INDEX IF EXISTS segment_members_profile;  -- as list_members_profile
+CREATE INDEX IF NOT EXISTS segment_members_of_profile
+    ON segment_members (account_id, profile_id, segment_id, joined_at);
 CREATE INDEX IF NOT EXISTS segment_members_joined
     ON segment_members (account_id, segment_id, joined_at, profile_id);
 -- Every join and leave of a list or segment (flows enter on joins).
