@@ -79,15 +79,22 @@ class _Event:
 
 
 NewEvents = dict[str, dict[str, list[_Event]]]  # profile → metric → its events new in the batch
+# The batch's stored events: EventInsert rows (number, account, profile, metric, time, key,
+# value…), each with its properties.
+Stored = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
-def new_events(stored: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]) -> NewEvents:
-    """The batch's stored events (EventInsert rows: number, account, profile, metric, time, key,
-    value…; with their properties), by profile and metric."""
+def new_events(stored: Stored) -> NewEvents:
+    """The stored events by profile and metric."""
     found: NewEvents = {}
     for row, properties in stored:
-        event = _Event(row[4], row[6], row[9], properties)
-        found.setdefault(row[2], {}).setdefault(row[3], []).append(event)
+        by_metric = found.get(row[2])
+        if by_metric is None:
+            by_metric = found[row[2]] = {}
+        events = by_metric.get(row[3])
+        if events is None:
+            events = by_metric[row[3]] = []
+        events.append(_Event(row[4], row[6], row[9], properties))
     return found
 
 
@@ -333,12 +340,12 @@ class Membership:
         self,
         touched: dict[str, set[str]],
         list_changes: list[tuple[str, str, str, bool, str]],
-        new: NewEvents | None = None,
+        stored: Stored | None = None,
     ) -> None:
         """After a batch: its list changes (account, list, profile, add, at), then the
         segments of every profile it touched (account → profile ids) whose answer may have
-        changed (`new`: the profiles' events stored by the batch)."""
-        new = new or {}
+        changed (`stored`: the events stored by the batch)."""
+        new: NewEvents | None = None  # built for the first account with segments
         joins: list[MembershipChange] = []
         leaves: list[MembershipChange] = []
         now = self.clock()
@@ -360,6 +367,8 @@ class Membership:
                 for pid in pids:
                     self._stage(pid, None, facts[pid])
                 continue
+            if new is None:
+                new = new_events(stored or [])
             pids = sorted(touched.get(account_id, set()))
             self.store.lock_profiles(account_id, pids)
             profiles = {pid: self.book.get(account_id, pid) for pid in pids}

@@ -31,7 +31,7 @@ from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
 from trackhouse.process.identity import ProfileBook, resolve_profile
-from trackhouse.process.membership import Clock, Membership, new_events
+from trackhouse.process.membership import Clock, Membership, Stored
 from trackhouse.process.profiles import PROFILE_TOO_LARGE, Profile, apply_bounded
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict, StoreUnavailable
 from trackhouse.store.base import (
@@ -92,7 +92,7 @@ class Processor:
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
         # The batch's events that were inserted, with their properties.
-        self._stored: list[tuple[EventInsert, dict[str, Any]]] = []
+        self._stored: Stored = []
         self._metrics: dict[tuple[str, str, str], str] = {}
         self._metric_counts: dict[str, int] = {}
         # The processed position of each partition held, as this processor committed it.
@@ -256,9 +256,7 @@ class Processor:
                 self.store.advance(partition, old, entries[-1].position)
                 outcomes = apply(entries)
                 self.book.flush()
-                self.membership.apply(
-                    _touched(outcomes), self._list_changes, new_events(self._stored)
-                )
+                self.membership.apply(_touched(outcomes), self._list_changes, self._stored)
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:

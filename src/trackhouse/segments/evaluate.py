@@ -383,7 +383,12 @@ def matches(
 ) -> bool:
     """Groups AND, conditions inside a group OR."""
     known = facts if facts is not None else NoFacts()
-    now = now.astimezone(UTC)
-    return all(
-        any(condition_matches(c, profile, now, known) for c in group) for group in definition.groups
-    )
+    if now.tzinfo is not UTC:
+        now = now.astimezone(UTC)
+    for group in definition.groups:  # (loops, not all/any of generators: this is hot)
+        for condition in group:
+            if condition_matches(condition, profile, now, known):
+                break
+        else:
+            return False
+    return True
