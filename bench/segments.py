@@ -7,7 +7,8 @@
 
 - live: the processor over `--events` events (in bulk groups of 10, over `--profiles`
   people) into a store where the same people already have as many events (processed first,
-  untimed, with the same segments: their memberships exist), with no segment, then with 20
+  untimed, with the same segments: their memberships exist; then checkpointed), with no
+  segment, then with 20
   live segments (10 on profile properties, 10 counting or summing a metric's events, some
   with metric filters). Runs alternate; the ratio of the medians of their processing times is
   reported (target ≤ 1.3).
@@ -120,6 +121,12 @@ def live_run(root: Path, prefill: list, subs: list, segments: list[SegmentRow]) 
         append(log, prefill)
         drain(processor, log.head())
         append(log, subs)
+        # The prefill's writes (with segments: 300,000 joins) are checkpointed out of the WAL
+        # before the clock starts, so that neither run pays in its window for untimed work.
+        for name in (STORE_FILE, LOG_FILE):
+            conn = sqlite3.connect(root / name)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
         started = time.perf_counter()
         drain(processor, log.head())
         return time.perf_counter() - started
