@@ -18,6 +18,12 @@ again the same way, with the cause "time" (`Membership.sweep`).
 
 Segments that name other segments in membership conditions are evaluated after those (the
 API refuses a cycle), so one batch settles a chain of them.
+
+On the embedded store, where this processor is the one writer, what a batch leaves of each
+profile it evaluated is remembered once the batch commits (`_Known`): its memberships, and
+the measures of its metric conditions whose timeframe does not move with the clock, which
+the next batch brings up to date by adding the profile's new events instead of reading its
+events again.
 """
 
 from __future__ import annotations

@@ -238,10 +238,12 @@ def member_page(d: Dialect, q: MemberQuery) -> tuple[str, list[Any]]:
         where.append(f"(m.joined_at, m.profile_id) {_after(q.descending)} ({p}, {p})")
         args += list(q.after)
     order = "DESC" if q.descending else "ASC"
+    # CROSS JOIN: SQLite then walks the members in join order and looks each profile up
+    # (without statistics it chose to scan every profile of the account and sort); to
+    # PostgreSQL it is the same inner join, planned as it sees fit.
     sql = (
-        f"SELECT p.doc, m.joined_at FROM {table} m JOIN profiles p"
-        " ON p.id = m.profile_id AND p.account_id = m.account_id"
-        f" WHERE {' AND '.join(where)}"
+        f"SELECT p.doc, m.joined_at FROM {table} m CROSS JOIN profiles p"
+        f" WHERE p.id = m.profile_id AND p.account_id = m.account_id AND {' AND '.join(where)}"
         f" ORDER BY m.joined_at {order}, m.profile_id {order} LIMIT {p}"
     )
     return sql, [*args, q.limit]
