@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from trackhouse.store import sql
-from trackhouse.store.base import MemberQuery
+from trackhouse.store.base import EventQuery, MemberQuery
 from trackhouse.store.sqlite import SQLiteStore
+from trackhouse.store.sqlite.store import _SQL as STORE_SQL
 
 SQLITE = sql.Dialect(param="?", number="rowid", array_params=False)
 ACCOUNT = "acct00"
@@ -62,3 +63,20 @@ def test_the_old_profile_index_is_gone(conn: sqlite3.Connection) -> None:
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"list_members_of_profile", "segment_members_of_profile"} <= names
     assert not {"list_members_profile", "segment_members_profile"} & names
+
+
+@pytest.mark.parametrize("metric", [None, "M1"])
+@pytest.mark.parametrize("since", [None, 1])
+@pytest.mark.parametrize("after", [None, (1, 2)])
+def test_a_profiles_events_are_read_through_its_index(
+    conn: sqlite3.Connection, metric: str | None, since: int | None, after: tuple[int, int] | None
+) -> None:
+    """Not a metric's (a metric may have millions of events: 4 s against 2 ms for one
+    profile's events of a metric of 500,000, on a store without statistics)."""
+    q = EventQuery(ACCOUNT, metric_id=metric, profile_id="p1", since=since, until=9, after=after)
+    query, args = sql.event_page(STORE_SQL, "rowid, properties", q)
+    steps = plan(conn, query, args)
+    assert (
+        len(steps) == 1
+        and "USING INDEX events_profile_time (account_id=? AND profile_id=?" in steps[0]
+    ), steps

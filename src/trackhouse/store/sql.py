@@ -24,6 +24,9 @@ class Dialect:
     param: str  # "?" or "%s"
     number: str  # the events' number column
     array_params: bool  # a list is one parameter (`= ANY(%s)`), or one placeholder a value
+    # After `FROM events`, to read a profile's events through its index (SQLite's INDEXED
+    # BY): a store that is never analysed is planned without statistics.
+    by_profile: str = ""
 
     def one_of(self, column: str, values: list[Any]) -> tuple[str, list[Any]]:
         if self.array_params:
@@ -52,9 +55,13 @@ def event_page(d: Dialect, columns: str, q: EventQuery) -> tuple[str, list[Any]]
     if q.after is not None:
         where.append(f"(time, {d.number}) {_after(q.descending)} ({p}, {p})")
         args += q.after
+    # With a profile, its index: a profile has few events, a metric or a time range may have
+    # millions (without statistics SQLite took the metric's index: 4 s for one profile's
+    # events of a metric of 500,000 events, against 2 ms).
+    table = "events" if q.profile_id is None else f"events{d.by_profile}"
     order = "DESC" if q.descending else "ASC"
     sql = (
-        f"SELECT {columns} FROM events WHERE {' AND '.join(where)}"
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)}"
         f" ORDER BY time {order}, {d.number} {order} LIMIT {p}"
     )
     return sql, [*args, q.limit]

@@ -193,7 +193,9 @@ POSITION = "processor"  # the positions row of the embedded log's one partition
 # How identifier rows are keyed: "2" is trackhouse.identifiers (normalized, lower-cased
 # emails); stores without the mark were keyed by lower() alone and are re-keyed on opening.
 IDENTIFIER_KEYS = "2"
-_SQL = sql_reads.Dialect(param="?", number="rowid", array_params=False)
+_SQL = sql_reads.Dialect(
+    param="?", number="rowid", array_params=False, by_profile=" INDEXED BY events_profile_time"
+)
 _EVENT_COLUMNS = "rowid, profile_id, metric_id, time, dedup_key, value, value_currency, properties"
 
 
