@@ -446,3 +446,35 @@ def test_live_membership_equals_a_fresh_evaluation(
             world.run(op)
         world.settle()
         world.check()
+
+
+def test_a_rolled_back_batch_leaves_nothing_remembered(worlds: Callable[[], Any]) -> None:
+    """A batch whose membership was evaluated, then rolled back, must not leave its staged
+    measures behind: here p1's second event is rolled back (its entry ends rejected), and
+    what the processor remembers of p1 must still count one event, not two."""
+    with worlds() as world:
+        for op in [("event", 0, "MET000", 1.0, None, 0), ("event", 1, "MET000", 1.0, None, 0),
+                   ("batch",), ("batch",)]:  # fmt: skip
+            world.run(op)
+        p1 = world.profile_id(1)
+        membership = world.processor.membership
+        original = membership.apply
+
+        def failing(touched: dict[str, set[str]], *args: Any) -> None:
+            original(touched, *args)  # evaluated and staged, then the batch fails
+            if p1 in touched.get(world.account, set()):
+                raise RuntimeError("injected after membership")
+
+        membership.apply = failing  # type: ignore[method-assign]
+        world.run(("event", 1, "MET000", 1.0, None, 1))  # rolled back, then rejected
+        world.run(("event", 0, "MET000", 1.0, None, 1))
+        world.run(("batch",))
+        membership.apply = original  # type: ignore[method-assign]
+        # p1's content changes: every segment is evaluated on it from what is remembered.
+        world.run(("profile", 1, "silver", 1))
+        world.settle()
+        world.check()  # S1 is "MET000 at least twice": p0 is in it, p1 is not
+        s1 = MemberQuery(world.account, "segment", f"{world.prefix}SEG001", limit=10)
+        assert {decode_profile(doc).id for doc, _ in world.store.members(s1)} == {
+            world.profile_id(0)
+        }

@@ -256,8 +256,9 @@ class Membership:
         if known:
             now = self.clock()
             conditions = {c.events_key: c for s in segments for c in s.measured if c.static}
+            new = new or {}
             for pid, k in known.items():
-                arrived = (new or {}).get(pid, {})
+                arrived = new.get(pid, {})
                 measures = {}
                 for key, measure in k.measures.items():
                     c = conditions.get(key)
