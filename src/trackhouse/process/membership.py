@@ -29,7 +29,7 @@ events again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +48,15 @@ from trackhouse.segments.definition import (
     metrics_of,
     parse_definition,
 )
-from trackhouse.segments.evaluate import Measure, add_measures, matches, measure_events
+from trackhouse.segments.evaluate import (
+    Measure,
+    Test,
+    add_measures,
+    compile_definition,
+    measure_events,
+    measure_values,
+    takes,
+)
 from trackhouse.store.base import MembershipChange, SegmentRow, StoreWriter
 
 logger = logging.getLogger("trackhouse.process")
@@ -86,23 +94,54 @@ class _Event(msgspec.Struct, array_like=True, gc=False):
         return self.decoded
 
 
-NewEvents = dict[str, dict[str, list[_Event]]]  # profile → metric → its events new in the batch
 # The batch's stored events: EventInsert rows (number, account, profile, metric, time, key,
 # value…), each with its properties.
 Stored = list[tuple[tuple[Any, ...], dict[str, Any]]]
+# Static metric conditions by metric, one per `events_key`, each with whether it takes every
+# event (all time, no metric filter).
+Measured = dict[str, list[tuple[MetricCondition, bool]]]
 
 
-def new_events(stored: Stored) -> NewEvents:
-    """The stored events by profile and metric."""
-    found: NewEvents = {}
+@dataclass(slots=True)
+class _Arrived:
+    """A profile's events new in the batch: their metrics, and the values of those each
+    static measure takes (by `events_key`)."""
+
+    metrics: set[str] = field(default_factory=set)
+    values: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+def arrivals(stored: Stored, measured: Measured, now: datetime) -> dict[str, _Arrived]:
+    """The stored events, by profile."""
+    found: dict[str, _Arrived] = {}
     for row, properties in stored:
-        by_metric = found.get(row[2])
-        if by_metric is None:
-            by_metric = found[row[2]] = {}
-        events = by_metric.get(row[3])
-        if events is None:
-            events = by_metric[row[3]] = []
-        events.append(_Event(row[4], row[6], row[9], properties))
+        arrived = found.get(row[2])
+        if arrived is None:
+            arrived = found[row[2]] = _Arrived()
+        arrived.metrics.add(row[3])
+        conditions = measured.get(row[3])
+        if conditions is None:
+            continue
+        event = _Event(row[4], row[6], row[9], properties)
+        for condition, every in conditions:
+            if every or takes(condition, event, now):
+                values = arrived.values.get(condition.events_key)
+                if values is None:
+                    arrived.values[condition.events_key] = [row[6]]
+                else:
+                    values.append(row[6])
+    return found
+
+
+def _measured(segments: list[Segment]) -> Measured:
+    found: Measured = {}
+    keys: set[str] = set()
+    for s in segments:
+        for c in s.measured:
+            if c.static and c.events_key not in keys:
+                keys.add(c.events_key)
+                every = c.timeframe.operator == "alltime" and not c.metric_filters
+                found.setdefault(c.metric_id, []).append((c, every))
     return found
 
 
@@ -156,6 +195,8 @@ class Segment:
     # `last_event_date` (moved by every event), or the clock.
     volatile: bool
     measured: tuple[MetricCondition, ...]  # its metric conditions
+    relative: frozenset[str]  # the metrics of those whose timeframe moves with the clock
+    test: Test  # the definition, compiled
 
     @staticmethod
     def of(segment_id: str, version: int, definition: Definition) -> Segment:
@@ -165,9 +206,11 @@ class Segment:
         moving = any(isinstance(c, PropertyCondition)
                      and c.property.section in ("updated", "last_event_date")
                      for c in conditions)  # fmt: skip
+        relative = frozenset(c.metric_id for c in measured if not c.static)
         return Segment(segment_id, version, definition, frozenset(metrics_of(definition)),
                        frozenset(filtered), frozenset(groups_of(definition)),
-                       moving or depends_on_time(definition), measured)  # fmt: skip
+                       moving or depends_on_time(definition), measured, relative,
+                       compile_definition(definition))  # fmt: skip
 
 
 def fingerprint(profile: Profile) -> bytes:
@@ -216,6 +259,8 @@ class Membership:
         self._deletions = -1
         self._weight = 0
         self._staged: dict[str, _Known] = {}
+        # By account, the measures (`events_key`) the profiles remembered may hold.
+        self._kept: dict[str, set[str]] = {}
 
     def _parse(self, row: SegmentRow) -> Segment | None:
         """The stored definition, parsed once per version; None (and the segment is left as
@@ -241,38 +286,38 @@ class Membership:
         profile_ids: list[str],
         segments: list[Segment],
         wanted: dict[str, list[Segment]] | None = None,
-        new: NewEvents | None = None,
+        arrived: dict[str, _Arrived] | None = None,
     ) -> dict[str, _Facts]:
         """Each profile's memberships and what the segments to be evaluated on it (`wanted`,
         by profile; all of `segments` when None) need of its events. Where the profile is
         remembered (`wanted` given), its memberships and static measures are taken from
-        there, the measures brought up to date with its `new` events; only the events of
-        metrics that are not measured so are read."""
+        there, the measures brought up to date with the values of its new events
+        (`arrived`); only the events of metrics that are not measured so are read."""
         known = {} if wanted is None else {pid: k for pid in profile_ids
                                             if (k := self._known.get(pid)) is not None}  # fmt: skip
         unknown = [pid for pid in profile_ids if pid not in known]
         current = self.store.memberships(account_id, unknown) if unknown else {}
         facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in unknown}
-        if known:
-            now = self.clock()
-            conditions = {c.events_key: c for s in segments for c in s.measured if c.static}
-            new = new or {}
-            for pid, k in known.items():
-                arrived = new.get(pid, {})
-                measures = {}
-                for key, measure in k.measures.items():
-                    c = conditions.get(key)
-                    if c is None:
-                        continue  # no segment measures it now
-                    events = arrived.get(c.metric_id)
-                    measures[key] = (add_measures(measure, measure_events(c, events, now))
-                                     if events else measure)  # fmt: skip
-                facts[pid] = _Facts(dict(k.groups), measures=measures)
+        arrived = arrived or {}
+        for pid, k in known.items():
+            # Every measure remembered is one the account's segments take now (`_keep`).
+            measures = dict(k.measures)
+            new = arrived.get(pid)
+            if new is not None:
+                for key, values in new.values.items():
+                    measure = measures.get(key)
+                    if measure is not None:
+                        measures[key] = add_measures(measure, measure_values(values))
+            facts[pid] = _Facts(dict(k.groups), measures=measures)
         # The events to read: of each metric some condition to be evaluated measures and
         # that is not relative to now or not measured already.
+        every_key = {c.events_key for s in segments for c in s.measured if c.static}
+        relative = any(s.relative for s in segments)
         reading: dict[str, set[str]] = {}
         for pid in profile_ids:
             have = facts[pid].measures
+            if pid in known and not relative and len(have) == len(every_key):
+                continue  # it has every measure (what it has is among them)
             for s in segments if wanted is None else wanted.get(pid, ()):
                 for c in s.measured:
                     if not c.static or c.events_key not in have:
@@ -285,6 +330,18 @@ class Membership:
             ):
                 facts[pid].by_metric.setdefault(metric, []).append(_Event(t, value, raw or b"{}"))
         return facts
+
+    def _keep(self, account_id: str, segments: list[Segment], every: bool = True) -> None:
+        """Before profiles of the account are remembered with measures of these segments
+        (`every`: all its active segments): if a measure remembered is one no segment takes
+        any more (a segment edited or paused), forget every profile, since no batch keeps
+        such a measure up to date."""
+        keys = {c.events_key for s in segments for c in s.measured if c.static}
+        kept = self._kept.get(account_id)
+        if every and kept is not None and not kept <= keys:
+            self.forget()
+            kept = None
+        self._kept[account_id] = keys if kept is None else kept | keys
 
     def _check_deletions(self) -> None:
         """In a transaction: forget every profile remembered if a list or segment was deleted
@@ -310,6 +367,7 @@ class Membership:
     def forget(self) -> None:
         self._known.clear()
         self._staged.clear()
+        self._kept.clear()
         self._weight = 0
 
     def _stage(self, pid: str, mark: bytes | None, facts: _Facts) -> None:
@@ -329,7 +387,7 @@ class Membership:
         self,
         profile: Profile,
         segments: list[Segment],
-        metrics: Iterable[str],
+        metrics: set[str],
     ) -> tuple[list[Segment], bytes | None]:
         """The segments whose answer may have changed for the profile in this batch: all of
         them if its content changed (or is not remembered); otherwise the volatile ones, those
@@ -341,8 +399,7 @@ class Membership:
         known = self._known.get(profile.id)
         if known is None or known.mark != mark:
             return segments, mark
-        arrived = set(metrics)
-        chosen = [s for s in segments if s.volatile or s.groups or s.metrics & arrived]
+        chosen = [s for s in segments if s.volatile or s.groups or s.metrics & metrics]
         return chosen, mark
 
     def apply(
@@ -354,7 +411,6 @@ class Membership:
         """After a batch: its list changes (account, list, profile, add, at), then the
         segments of every profile it touched (account → profile ids) whose answer may have
         changed (`stored`: the events stored by the batch)."""
-        new: NewEvents | None = None  # built for the first account with segments
         joins: list[MembershipChange] = []
         leaves: list[MembershipChange] = []
         now = self.clock()
@@ -363,12 +419,21 @@ class Membership:
         for change in list_changes:
             changed_lists.setdefault(change[0], []).append(change)
         self._check_deletions()
-        for account_id in sorted(touched.keys() | changed_lists.keys()):
+        accounts = sorted(touched.keys() | changed_lists.keys())
+        segments_of = {a: in_order(self.store.active_segments(a), self._parse) for a in accounts}
+        for account_id in accounts:
+            self._keep(account_id, segments_of[account_id])
+        measured: Measured = {}
+        for segments in segments_of.values():  # (metric ids are not shared between accounts)
+            measured.update(_measured(segments))
+        arrived = arrivals(stored or [], measured, now)
+        nothing: set[str] = set()
+        for account_id in accounts:
             changes = changed_lists.get(account_id, [])
-            segments = in_order(self.store.active_segments(account_id), self._parse)
+            segments = segments_of[account_id]
             if not segments:
                 # No profile is read back (the book may have just been dropped): the list
-                # changes' profiles, and the remembered ones, whose measures are dropped.
+                # changes' profiles, and the remembered ones.
                 remembered = {pid for pid in touched.get(account_id, ()) if pid in self._known}
                 pids = sorted({pid for _, _, pid, _, _ in changes} | remembered)
                 facts = self._facts(account_id, pids, [], {})
@@ -376,8 +441,6 @@ class Membership:
                 for pid in pids:
                     self._stage(pid, None, facts[pid])
                 continue
-            if new is None:
-                new = new_events(stored or [])
             pids = sorted(touched.get(account_id, set()))
             self.store.lock_profiles(account_id, pids)
             profiles = {pid: self.book.get(account_id, pid) for pid in pids}
@@ -387,8 +450,11 @@ class Membership:
                 if p is None:
                     wanted[pid], marks[pid] = [], None
                 else:
-                    wanted[pid], marks[pid] = self._to_evaluate(p, segments, new.get(pid, ()))
-            facts = self._facts(account_id, pids, segments, wanted, new)
+                    new = arrived.get(pid)
+                    wanted[pid], marks[pid] = self._to_evaluate(
+                        p, segments, nothing if new is None else new.metrics
+                    )
+            facts = self._facts(account_id, pids, segments, wanted, arrived)
             self._change_lists(account_id, changes, facts, joins, leaves)
             for pid in pids:
                 profile = profiles[pid]
@@ -433,7 +499,7 @@ class Membership:
         groups = facts.groups
         for segment in segments:
             member = segment.id in groups
-            if matches(segment.definition, profile, now, facts):
+            if segment.test(profile, now, facts):
                 if not member:
                     joins.append(("segment", account_id, segment.id, profile.id, at, cause))
                     groups[segment.id] = at
@@ -489,6 +555,7 @@ class Membership:
                 if groups_of(other.definition) & affected:
                     affected.add(other.id)
             segments = [segment] + [s for s in ordered if s.id in affected and s.id != segment.id]
+            self._keep(account_id, segments, every=False)
             page = self.store.profile_page(account_id, row.cursor or "", limit)
             pids = [pid for pid, _ in page]
             facts = self._facts(account_id, pids, segments)

@@ -37,7 +37,8 @@ tests/test_segment_conditions.py:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -234,18 +235,18 @@ def _same(item: Any, wanted: Any) -> bool:
     return not isinstance(item, bool) and isinstance(item, int | float) and item == wanted
 
 
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "equals": operator.eq,
+    "not-equals": operator.ne,
+    "greater-than": operator.gt,
+    "greater-than-or-equal": operator.ge,
+    "less-than": operator.lt,
+    "less-than-or-equal": operator.le,
+}
+
+
 def _compare(op: str, left: float, right: float) -> bool:
-    if op == "equals":
-        return left == right
-    if op == "not-equals":
-        return left != right
-    if op == "greater-than":
-        return left > right
-    if op == "greater-than-or-equal":
-        return left >= right
-    if op == "less-than":
-        return left < right
-    return left <= right  # less-than-or-equal
+    return _COMPARISONS[op](left, right)
 
 
 def _in_region(profile: Profile, condition: RegionCondition) -> bool:
@@ -304,35 +305,41 @@ def _event_property_passes(f: Filter, value: Any, now: datetime) -> bool:
     return found
 
 
+def takes(condition: MetricCondition, event: MetricEvent, now: datetime) -> bool:
+    """Whether the condition measures the event: in its timeframe, passing every metric
+    filter (the event's properties are read only where a condition filters by them)."""
+    frame = condition.timeframe
+    if frame.operator != "alltime" and not _date_matches(
+        frame, datetime.fromtimestamp(event.time, UTC), now
+    ):
+        return False
+    for name, f in condition.metric_filters:
+        if not _event_property_passes(f, event.properties.get(name), now):
+            return False
+    return True
+
+
 def measure_events(
     condition: MetricCondition, events: Iterable[MetricEvent], now: datetime
 ) -> Measure:
-    """The measure of the events the condition takes (in its timeframe, passing every metric
-    filter)."""
-    frame = condition.timeframe
-    if frame.operator != "alltime":
-        events = [e for e in events
-                  if _date_matches(frame, datetime.fromtimestamp(e.time, UTC), now)]  # fmt: skip
-    # The properties are decoded on first use, only where a condition filters by them.
-    filters = condition.metric_filters
-    if len(filters) == 1:
-        ((name, f),) = filters
-        events = [e for e in events if _event_property_passes(f, e.properties.get(name), now)]
-    elif filters:
-        events = [e for e in events
-                  if all(_event_property_passes(f, e.properties.get(name), now)
-                         for name, f in filters)]  # fmt: skip
-    count, numerator, shift = 0, 0, 0
-    for event in events:
-        count += 1
-        if event.value:
-            n, d = event.value.as_integer_ratio()  # d is a power of two
+    """The measure of the events the condition takes (`takes`)."""
+    if condition.timeframe.operator != "alltime" or condition.metric_filters:
+        return measure_values([e.value for e in events if takes(condition, e, now)])
+    return measure_values([e.value for e in events])
+
+
+def measure_values(values: list[float | None]) -> Measure:
+    """The count of the values and their exact sum (None adds 0)."""
+    numerator, shift = 0, 0
+    for value in values:
+        if value:
+            n, d = value.as_integer_ratio()  # d is a power of two
             k = d.bit_length() - 1
             if k > shift:
                 numerator <<= k - shift
                 shift = k
             numerator += n << (shift - k)
-    return count, numerator, shift
+    return len(values), numerator, shift
 
 
 def add_measures(a: Measure, b: Measure) -> Measure:
@@ -350,13 +357,6 @@ def total(measure: Measure) -> float:
         return math.copysign(math.inf, numerator)
 
 
-def _metric_matches(condition: MetricCondition, facts: ProfileFacts, now: datetime) -> bool:
-    measure = facts.measure(condition, now)
-    measured = measure[0] if condition.measurement == "count" else total(measure)
-    return _compare(condition.measurement_filter.operator, measured,
-                    condition.measurement_filter.value)  # fmt: skip
-
-
 def _membership_matches(condition: MembershipCondition, facts: ProfileFacts, now: datetime) -> bool:
     def member(group_id: str) -> bool:
         joined = facts.joined(group_id)
@@ -366,29 +366,48 @@ def _membership_matches(condition: MembershipCondition, facts: ProfileFacts, now
     return any(member(g) for g in condition.group_ids) == condition.is_member
 
 
-def condition_matches(
-    condition: Condition, profile: Profile, now: datetime, facts: ProfileFacts
-) -> bool:
+# A definition or condition made into one function of (profile, now in UTC, facts): made once
+# per segment version, called for every profile a batch touches.
+Test = Callable[[Profile, datetime, ProfileFacts], bool]
+
+
+def compile_condition(condition: Condition) -> Test:
     if isinstance(condition, PropertyCondition):
-        return filter_matches(condition.filter, value_of(profile, condition.property), now)
+        f, prop = condition.filter, condition.property
+        return lambda profile, now, facts: filter_matches(f, value_of(profile, prop), now)
     if isinstance(condition, MetricCondition):
-        return _metric_matches(condition, facts, now)
+        compare = _COMPARISONS[condition.measurement_filter.operator]
+        wanted = condition.measurement_filter.value
+        if condition.measurement == "count":
+            return lambda profile, now, facts: compare(facts.measure(condition, now)[0], wanted)
+        return lambda profile, now, facts: compare(total(facts.measure(condition, now)), wanted)
     if isinstance(condition, MembershipCondition):
-        return _membership_matches(condition, facts, now)
-    return _in_region(profile, condition)
+        return lambda profile, now, facts: _membership_matches(condition, facts, now)
+    return lambda profile, now, facts: _in_region(profile, condition)
+
+
+def compile_definition(definition: Definition) -> Test:
+    """Groups AND, conditions inside a group OR."""
+    groups = [[compile_condition(c) for c in group] for group in definition.groups]
+    if len(groups) == 1 and len(groups[0]) == 1:
+        return groups[0][0]
+
+    def test(profile: Profile, now: datetime, facts: ProfileFacts) -> bool:
+        for group in groups:  # (loops, not all/any of generators: this is hot)
+            for condition in group:
+                if condition(profile, now, facts):
+                    break
+            else:
+                return False
+        return True
+
+    return test
 
 
 def matches(
     definition: Definition, profile: Profile, now: datetime, facts: ProfileFacts | None = None
 ) -> bool:
-    """Groups AND, conditions inside a group OR."""
+    """Whether the profile is in the definition's segment at `now` (`compile_definition`
+    makes the test once, for many profiles)."""
     known = facts if facts is not None else NoFacts()
-    if now.tzinfo is not UTC:
-        now = now.astimezone(UTC)
-    for group in definition.groups:  # (loops, not all/any of generators: this is hot)
-        for condition in group:
-            if condition_matches(condition, profile, now, known):
-                break
-        else:
-            return False
-    return True
+    return compile_definition(definition)(profile, now.astimezone(UTC), known)
