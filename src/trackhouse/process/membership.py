@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,13 +50,14 @@ from trackhouse.segments.definition import (
     parse_definition,
 )
 from trackhouse.segments.evaluate import (
+    EventTest,
     Measure,
     Test,
     add_measures,
     compile_definition,
+    event_test,
     measure_events,
     measure_values,
-    takes,
 )
 from trackhouse.store.base import MembershipChange, SegmentRow, StoreWriter
 
@@ -97,39 +99,26 @@ class _Event(msgspec.Struct, array_like=True, gc=False):
 # The batch's stored events: EventInsert rows (number, account, profile, metric, time, key,
 # value…), each with its properties.
 Stored = list[tuple[tuple[Any, ...], dict[str, Any]]]
-# Static metric conditions by metric, one per `events_key`, each with whether it takes every
-# event (all time, no metric filter).
-Measured = dict[str, list[tuple[MetricCondition, bool]]]
+# The batch's new events, by profile and metric.
+Arrived = dict[str, dict[str, list[_Event]]]
+# Static metric conditions by metric, one per `events_key`, each with its test of an event
+# (None: it takes every event).
+Measured = dict[str, list[tuple[MetricCondition, EventTest | None]]]
 
 
-@dataclass(slots=True)
-class _Arrived:
-    """A profile's events new in the batch: their metrics, and the values of those each
-    static measure takes (by `events_key`)."""
-
-    metrics: set[str] = field(default_factory=set)
-    values: dict[str, list[float | None]] = field(default_factory=dict)
-
-
-def arrivals(stored: Stored, measured: Measured, now: datetime) -> dict[str, _Arrived]:
-    """The stored events, by profile."""
-    found: dict[str, _Arrived] = {}
+def arrivals(stored: Stored) -> Arrived:
+    """The stored events, by profile and metric."""
+    found: Arrived = {}
     for row, properties in stored:
-        arrived = found.get(row[2])
-        if arrived is None:
-            arrived = found[row[2]] = _Arrived()
-        arrived.metrics.add(row[3])
-        conditions = measured.get(row[3])
-        if conditions is None:
-            continue
-        event = _Event(row[4], row[6], row[9], properties)
-        for condition, every in conditions:
-            if every or takes(condition, event, now):
-                values = arrived.values.get(condition.events_key)
-                if values is None:
-                    arrived.values[condition.events_key] = [row[6]]
-                else:
-                    values.append(row[6])
+        by_metric = found.get(row[2])
+        if by_metric is None:
+            by_metric = found[row[2]] = {}
+        event = _Event(row[4], row[6], b"", properties)
+        events = by_metric.get(row[3])
+        if events is None:
+            by_metric[row[3]] = [event]
+        else:
+            events.append(event)
     return found
 
 
@@ -140,9 +129,31 @@ def _measured(segments: list[Segment]) -> Measured:
         for c in s.measured:
             if c.static and c.events_key not in keys:
                 keys.add(c.events_key)
-                every = c.timeframe.operator == "alltime" and not c.metric_filters
-                found.setdefault(c.metric_id, []).append((c, every))
+                found.setdefault(c.metric_id, []).append((c, event_test(c)))
     return found
+
+
+def _add_new(
+    measures: dict[str, Measure],
+    conditions: list[tuple[MetricCondition, EventTest | None]],
+    events: list[_Event],
+    now: datetime,
+) -> None:
+    """Bring the measures (by `events_key`) of a metric's conditions up to date with its new
+    events; conditions that take all of them share one measure of them."""
+    every: Measure | None = None
+    for condition, test in conditions:
+        measure = measures.get(condition.events_key)
+        if measure is None:
+            continue
+        taken = events if test is None else [e for e in events if test(e, now)]
+        if len(taken) == len(events):
+            if every is None:
+                every = measure_values([e.value for e in events])
+            new = every
+        else:
+            new = measure_values([e.value for e in taken])
+        measures[condition.events_key] = add_measures(measure, new)
 
 
 @dataclass(slots=True)
@@ -286,7 +297,7 @@ class Membership:
         profile_ids: list[str],
         segments: list[Segment],
         wanted: dict[str, list[Segment]] | None = None,
-        arrived: dict[str, _Arrived] | None = None,
+        arrived: Arrived | None = None,
     ) -> dict[str, _Facts]:
         """Each profile's memberships and what the segments to be evaluated on it (`wanted`,
         by profile; all of `segments` when None) need of its events. Where the profile is
@@ -299,15 +310,15 @@ class Membership:
         current = self.store.memberships(account_id, unknown) if unknown else {}
         facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in unknown}
         arrived = arrived or {}
+        measured = _measured(segments) if known else {}
+        now = self.clock()
         for pid, k in known.items():
             # Every measure remembered is one the account's segments take now (`_keep`).
             measures = dict(k.measures)
-            new = arrived.get(pid)
-            if new is not None:
-                for key, values in new.values.items():
-                    measure = measures.get(key)
-                    if measure is not None:
-                        measures[key] = add_measures(measure, measure_values(values))
+            for metric, events in arrived.get(pid, {}).items():
+                conditions = measured.get(metric)
+                if conditions is not None:
+                    _add_new(measures, conditions, events, now)
             facts[pid] = _Facts(dict(k.groups), measures=measures)
         # The events to read: of each metric some condition to be evaluated measures and
         # that is not relative to now or not measured already.
@@ -387,7 +398,7 @@ class Membership:
         self,
         profile: Profile,
         segments: list[Segment],
-        metrics: set[str],
+        metrics: AbstractSet[str],
     ) -> tuple[list[Segment], bytes | None]:
         """The segments whose answer may have changed for the profile in this batch: all of
         them if its content changed (or is not remembered); otherwise the volatile ones, those
@@ -399,7 +410,8 @@ class Membership:
         known = self._known.get(profile.id)
         if known is None or known.mark != mark:
             return segments, mark
-        chosen = [s for s in segments if s.volatile or s.groups or s.metrics & metrics]
+        chosen = [s for s in segments
+                  if s.volatile or s.groups or not s.metrics.isdisjoint(metrics)]  # fmt: skip
         return chosen, mark
 
     def apply(
@@ -423,11 +435,8 @@ class Membership:
         segments_of = {a: in_order(self.store.active_segments(a), self._parse) for a in accounts}
         for account_id in accounts:
             self._keep(account_id, segments_of[account_id])
-        measured: Measured = {}
-        for segments in segments_of.values():  # (metric ids are not shared between accounts)
-            measured.update(_measured(segments))
-        arrived = arrivals(stored or [], measured, now)
-        nothing: set[str] = set()
+        arrived = arrivals(stored) if stored and any(segments_of.values()) else {}
+        nothing: dict[str, list[_Event]] = {}
         for account_id in accounts:
             changes = changed_lists.get(account_id, [])
             segments = segments_of[account_id]
@@ -450,10 +459,8 @@ class Membership:
                 if p is None:
                     wanted[pid], marks[pid] = [], None
                 else:
-                    new = arrived.get(pid)
-                    wanted[pid], marks[pid] = self._to_evaluate(
-                        p, segments, nothing if new is None else new.metrics
-                    )
+                    metrics = arrived.get(pid, nothing).keys()
+                    wanted[pid], marks[pid] = self._to_evaluate(p, segments, metrics)
             facts = self._facts(account_id, pids, segments, wanted, arrived)
             self._change_lists(account_id, changes, facts, joins, leaves)
             for pid in pids:

@@ -100,9 +100,10 @@ class Filter:
     seconds: int = 0  # relative dates: quantity × unit
     start: Any = None  # date ranges: datetimes (static) or seconds ago (relative)
     end: Any = None
-    # Answers for scalar values seen already, (type, value) → bool: a metric filter meets the
-    # same few values on event after event (segments/evaluate.py).
-    memo: dict[tuple[Any, Any], bool] = field(
+    # Answers for scalar values seen already (a string by itself, other scalars as (type,
+    # value)): a metric filter meets the same few values on event after event
+    # (segments/evaluate.py).
+    memo: dict[Any, bool] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
 

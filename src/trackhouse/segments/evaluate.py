@@ -293,9 +293,13 @@ MEMO_SIZE = 4096  # answers a metric filter remembers
 def _event_property_passes(f: Filter, value: Any, now: datetime) -> bool:
     """`_event_passes`, remembered for scalar values (metric filters do not read the clock:
     dates are not an event property filter)."""
-    if type(value) not in _SCALARS:
+    kind = type(value)
+    if kind is str:
+        key: Any = value
+    elif kind in _SCALARS:
+        key = (kind, value)  # the type too: True, 1 and 1.0 are one key otherwise
+    else:
         return _event_passes(f, value, now)
-    key = (type(value), value)  # the type too: True, 1 and 1.0 are one key otherwise
     memo = f.memo
     found = memo.get(key)
     if found is None:
@@ -305,27 +309,53 @@ def _event_property_passes(f: Filter, value: Any, now: datetime) -> bool:
     return found
 
 
-def takes(condition: MetricCondition, event: MetricEvent, now: datetime) -> bool:
-    """Whether the condition measures the event: in its timeframe, passing every metric
-    filter (the event's properties are read only where a condition filters by them)."""
-    frame = condition.timeframe
-    if frame.operator != "alltime" and not _date_matches(
-        frame, datetime.fromtimestamp(event.time, UTC), now
-    ):
-        return False
-    for name, f in condition.metric_filters:
-        if not _event_property_passes(f, event.properties.get(name), now):
+# Whether a metric condition measures an event, at `now`.
+EventTest = Callable[[MetricEvent, datetime], bool]
+
+
+def event_test(condition: MetricCondition) -> EventTest | None:
+    """The condition's test of an event: in its timeframe, passing every metric filter (the
+    event's properties are read only where a condition filters by them); None when it takes
+    every event (all time, no filter)."""
+    frame, filters = condition.timeframe, condition.metric_filters
+
+    def in_frame(event: MetricEvent, now: datetime) -> bool:
+        return _date_matches(frame, datetime.fromtimestamp(event.time, UTC), now)
+
+    if not filters:
+        return None if frame.operator == "alltime" else in_frame
+    if frame.operator == "alltime" and len(filters) == 1:
+        ((name, f),) = filters
+        memo = f.memo
+
+        def one(event: MetricEvent, now: datetime) -> bool:
+            value = event.properties.get(name)
+            if type(value) is str:  # the common case, answered without another call
+                found = memo.get(value)
+                if found is not None:
+                    return found
+            return _event_property_passes(f, value, now)
+
+        return one
+    framed = frame.operator != "alltime"
+
+    def test(event: MetricEvent, now: datetime) -> bool:
+        if framed and not in_frame(event, now):
             return False
-    return True
+        properties = event.properties
+        return all(_event_property_passes(f, properties.get(name), now) for name, f in filters)
+
+    return test
 
 
 def measure_events(
     condition: MetricCondition, events: Iterable[MetricEvent], now: datetime
 ) -> Measure:
-    """The measure of the events the condition takes (`takes`)."""
-    if condition.timeframe.operator != "alltime" or condition.metric_filters:
-        return measure_values([e.value for e in events if takes(condition, e, now)])
-    return measure_values([e.value for e in events])
+    """The measure of the events the condition takes (`event_test`)."""
+    test = event_test(condition)
+    if test is None:
+        return measure_values([e.value for e in events])
+    return measure_values([e.value for e in events if test(e, now)])
 
 
 def measure_values(values: list[float | None]) -> Measure:
