@@ -1,6 +1,6 @@
 """Segments benchmark (issue 12), on the embedded store, pinned to one core.
 
-    .venv/bin/python bench/segments.py [--part live,new,members] [--runs 3]
+    .venv/bin/python bench/segments.py [--part live,new,members,instructions] [--runs 3]
         [--profiles 20000] [--events 200000]                  # live
         [--big-profiles 1000000] [--big-events 10000000]     # new, members
         [--ingest 100000] [--dir DIR]
@@ -11,7 +11,11 @@
   segment, then with 20
   live segments (10 on profile properties, 10 counting or summing a metric's events, some
   with metric filters). Runs alternate; the ratio of the medians of their processing times is
-  reported (target ≤ 1.3).
+  reported (target ≤ 1.3), on the clock and of CPU time.
+- instructions: the live part's work counted in instructions by valgrind (Debian's
+  `valgrind`; `--cache-sim=no`), which the shared VM's noise does not move: each case is run
+  twice in a subprocess, with and without the timed drain, and the difference is its count
+  (`--events`/`--profiles` scaled down by 10 by default: valgrind runs ~50× slower).
 - new: a store of `--big-events` events and `--big-profiles` profiles (bench/read.py's, built
   once under --dir and copied for each run). The processor's own loop (`Processor.run`, as in
   `trackhouse serve`) processes `--ingest` events appended at once: first with no segment (the
@@ -31,9 +35,11 @@ import argparse
 import os
 import platform
 import random
+import re
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -108,11 +114,11 @@ def pin() -> None:
 
 
 def live_run(
-    root: Path, prefill: list, subs: list, segments: list[SegmentRow]
+    root: Path, prefill: list, subs: list, segments: list[SegmentRow], timed: bool = True
 ) -> tuple[float, float]:
     """Seconds to process `subs` into a store holding `segments`, after `prefill` (untimed)
     made the profiles and their first events and memberships: on the clock, and of CPU (the
-    process's: what the shared VM's neighbours do not add to)."""
+    process's). `timed` false: everything but the timed drain."""
     log, store = SQLiteLog(root / LOG_FILE), SQLiteStore(root / STORE_FILE)
     processor = Processor(log, store)
     try:
@@ -131,7 +137,8 @@ def live_run(
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
         started, cpu = time.perf_counter(), time.process_time()
-        drain(processor, log.head())
+        if timed:
+            drain(processor, log.head())
         return time.perf_counter() - started, time.process_time() - cpu
     finally:
         processor.close()
@@ -160,6 +167,36 @@ def part_live(args: argparse.Namespace) -> None:
           f"{base:.2f} s without segments, {with_segments:.2f} s with 20: "
           f"{with_segments / base:.2f}× (target ≤ 1.3×); CPU {cpu_base:.2f} s and"
           f" {cpu_with:.2f} s: {cpu_with / cpu_base:.2f}×")  # fmt: skip
+
+
+def run_once(segments: bool, timed: bool, events: int, profiles: int) -> None:
+    """The live part's work once (for `part_instructions`), with fixed event times."""
+    prefill = submissions(0, events, profiles, 1_764_000_000.0)
+    subs = submissions(events, events, profiles, 1_764_000_000.0)
+    with tempfile.TemporaryDirectory() as root:
+        live_run(Path(root), prefill, subs, twenty_segments() if segments else [], timed)
+
+
+def part_instructions(args: argparse.Namespace) -> None:
+    events, profiles = args.events // 10, args.profiles // 10
+
+    def count(segments: bool, timed: bool) -> int:
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                   "--cachegrind-out-file=/dev/null", sys.executable, __file__, "--run-once",
+                   f"{int(segments)},{int(timed)},{events},{profiles}"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": "0"})  # fmt: skip
+        found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        assert found, done.stderr[-2000:]
+        return int(found.group(1).replace(",", ""))
+
+    counts = {}
+    for segments in (False, True):
+        counts[segments] = count(segments, True) - count(segments, False)
+    base, with_segments = counts[False], counts[True]
+    print(f"instructions: {events:,} events over {profiles:,} profiles that have as many"
+          f" already; {base / 1e9:.3f} G without segments, {with_segments / 1e9:.3f} G with 20:"
+          f" {with_segments / base:.3f}× (target ≤ 1.3×)")  # fmt: skip
 
 
 NEW_DEFINITION = {"condition_groups": [
@@ -301,7 +338,13 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--run-once", help=argparse.SUPPRESS)  # part_instructions' worker
     args = parser.parse_args()
+    if args.run_once:
+        segments, timed, events, profiles = (int(v) for v in args.run_once.split(","))
+        collect_less()
+        run_once(bool(segments), bool(timed), events, profiles)
+        return
     parts = set(args.part.split(","))
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     pin()
@@ -310,6 +353,8 @@ def main() -> None:
           f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
     if "live" in parts:
         part_live(args)
+    if "instructions" in parts:
+        part_instructions(args)
     work = None
     if "new" in parts:
         work = part_new(args)

@@ -96,11 +96,19 @@ class _Event(msgspec.Struct, array_like=True, gc=False):
         return self.decoded
 
 
+class _New(msgspec.Struct, array_like=True, gc=False):
+    """An event of the batch: its properties are at hand already."""
+
+    time: int
+    value: float | None
+    properties: dict[str, Any]
+
+
 # The batch's stored events: EventInsert rows (number, account, profile, metric, time, key,
 # value…), each with its properties.
 Stored = list[tuple[tuple[Any, ...], dict[str, Any]]]
 # The batch's new events, by profile and metric.
-Arrived = dict[str, dict[str, list[_Event]]]
+Arrived = dict[str, dict[str, list[_New]]]
 # Static metric conditions by metric, one per `events_key`, each with its test of an event
 # (None: it takes every event).
 Measured = dict[str, list[tuple[MetricCondition, EventTest | None]]]
@@ -113,7 +121,7 @@ def arrivals(stored: Stored) -> Arrived:
         by_metric = found.get(row[2])
         if by_metric is None:
             by_metric = found[row[2]] = {}
-        event = _Event(row[4], row[6], b"", properties)
+        event = _New(row[4], row[6], properties)
         events = by_metric.get(row[3])
         if events is None:
             by_metric[row[3]] = [event]
@@ -136,24 +144,25 @@ def _measured(segments: list[Segment]) -> Measured:
 def _add_new(
     measures: dict[str, Measure],
     conditions: list[tuple[MetricCondition, EventTest | None]],
-    events: list[_Event],
+    events: list[_New],
     now: datetime,
 ) -> None:
     """Bring the measures (by `events_key`) of a metric's conditions up to date with its new
     events; conditions that take all of them share one measure of them."""
     every: Measure | None = None
     for condition, test in conditions:
-        measure = measures.get(condition.events_key)
+        key = condition.events_key
+        measure = measures.get(key)
         if measure is None:
             continue
-        taken = events if test is None else [e for e in events if test(e, now)]
-        if len(taken) == len(events):
-            if every is None:
-                every = measure_values([e.value for e in events])
-            new = every
-        else:
-            new = measure_values([e.value for e in taken])
-        measures[condition.events_key] = add_measures(measure, new)
+        if test is not None:
+            taken = [e.value for e in events if test(e, now)]
+            if len(taken) < len(events):
+                measures[key] = add_measures(measure, measure_values(taken))
+                continue
+        if every is None:
+            every = measure_values([e.value for e in events])
+        measures[key] = add_measures(measure, every)
 
 
 @dataclass(slots=True)
@@ -166,11 +175,11 @@ class _Facts:
     measures: dict[str, Measure] = field(default_factory=dict)
 
     def measure(self, condition: MetricCondition, now: datetime) -> Measure:
-        if not condition.static:
-            return measure_events(condition, self.by_metric.get(condition.metric_id, ()), now)
-        known = self.measures.get(condition.events_key)
-        if known is None:  # its events were read: measured once for every condition like it
-            known = measure_events(condition, self.by_metric.get(condition.metric_id, ()), now)
+        known = self.measures.get(condition.events_key)  # (static conditions' only)
+        if known is not None:
+            return known
+        known = measure_events(condition, self.by_metric.get(condition.metric_id, ()), now)
+        if condition.static:  # its events were read: measured once for every condition like it
             self.measures[condition.events_key] = known
         return known
 
@@ -399,20 +408,25 @@ class Membership:
         profile: Profile,
         segments: list[Segment],
         metrics: AbstractSet[str],
+        chosen: dict[frozenset[str], list[Segment]],
     ) -> tuple[list[Segment], bytes | None]:
         """The segments whose answer may have changed for the profile in this batch: all of
         them if its content changed (or is not remembered); otherwise the volatile ones, those
         counting a metric it has new events of, and those naming lists or segments (whose
-        members may have changed in this batch). And its content's fingerprint."""
+        members may have changed in this batch). And its content's fingerprint. (`chosen`:
+        those lists so far in the batch, by the metrics of the new events, shared.)"""
         if self.store.shared:
             return segments, None
         mark = fingerprint(profile)
         known = self._known.get(profile.id)
         if known is None or known.mark != mark:
             return segments, mark
-        chosen = [s for s in segments
-                  if s.volatile or s.groups or not s.metrics.isdisjoint(metrics)]  # fmt: skip
-        return chosen, mark
+        key = frozenset(metrics)
+        found = chosen.get(key)
+        if found is None:
+            found = chosen[key] = [s for s in segments
+                                   if s.volatile or s.groups or s.metrics & key]  # fmt: skip
+        return found, mark
 
     def apply(
         self,
@@ -436,7 +450,7 @@ class Membership:
         for account_id in accounts:
             self._keep(account_id, segments_of[account_id])
         arrived = arrivals(stored) if stored and any(segments_of.values()) else {}
-        nothing: dict[str, list[_Event]] = {}
+        nothing: dict[str, list[_New]] = {}
         for account_id in accounts:
             changes = changed_lists.get(account_id, [])
             segments = segments_of[account_id]
@@ -455,12 +469,13 @@ class Membership:
             profiles = {pid: self.book.get(account_id, pid) for pid in pids}
             wanted: dict[str, list[Segment]] = {}
             marks: dict[str, bytes | None] = {}
+            chosen: dict[frozenset[str], list[Segment]] = {}
             for pid, p in profiles.items():
                 if p is None:
                     wanted[pid], marks[pid] = [], None
                 else:
                     metrics = arrived.get(pid, nothing).keys()
-                    wanted[pid], marks[pid] = self._to_evaluate(p, segments, metrics)
+                    wanted[pid], marks[pid] = self._to_evaluate(p, segments, metrics, chosen)
             facts = self._facts(account_id, pids, segments, wanted, arrived)
             self._change_lists(account_id, changes, facts, joins, leaves)
             for pid in pids:

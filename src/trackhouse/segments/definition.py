@@ -103,9 +103,7 @@ class Filter:
     # Answers for scalar values seen already (a string by itself, other scalars as (type,
     # value)): a metric filter meets the same few values on event after event
     # (segments/evaluate.py).
-    memo: dict[Any, bool] = field(
-        default_factory=dict, compare=False, hash=False, repr=False
-    )
+    memo: dict[Any, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
