@@ -478,3 +478,20 @@ def test_a_rolled_back_batch_leaves_nothing_remembered(worlds: Callable[[], Any]
         assert {decode_profile(doc).id for doc, _ in world.store.members(s1)} == {
             world.profile_id(0)
         }
+
+
+def test_a_measure_no_segment_kept_up_to_date_is_not_trusted(worlds: Callable[[], Any]) -> None:
+    """While S1 ("MET000 at least twice") is paused no batch keeps its measure of p0's events
+    up to date. Once S1 is active again, a batch must not evaluate it from the count it had:
+    p0's second event arrived while S1 was paused, so p0's change right after S1 is active
+    again makes it join S1 there and then (cause "processing"), not only when S1's
+    computation comes round to it."""
+    with worlds() as world:
+        for op in [("event", 0, "MET000", 1.0, None, 0), ("batch",), ("active", 1, False),
+                   ("event", 0, "MET000", 1.0, None, 1), ("batch",), ("active", 1, True),
+                   ("profile", 0, "silver", 1), ("batch",)]:  # fmt: skip
+            world.run(op)
+        changes = world.store.membership_changes(world.account, f"{world.prefix}SEG001", limit=10)
+        assert [(c[3], c[4], c[6]) for c in changes] == [(world.profile_id(0), True, "processing")]
+        world.settle()
+        world.check()

@@ -134,10 +134,10 @@ def _measured(segments: list[Segment]) -> Measured:
     found: Measured = {}
     keys: set[str] = set()
     for s in segments:
-        for c in s.measured:
-            if c.static and c.events_key not in keys:
+        for c, test in s.static:
+            if c.events_key not in keys:
                 keys.add(c.events_key)
-                found.setdefault(c.metric_id, []).append((c, event_test(c)))
+                found.setdefault(c.metric_id, []).append((c, test))
     return found
 
 
@@ -216,6 +216,7 @@ class Segment:
     volatile: bool
     measured: tuple[MetricCondition, ...]  # its metric conditions
     relative: frozenset[str]  # the metrics of those whose timeframe moves with the clock
+    static: tuple[tuple[MetricCondition, EventTest | None], ...]  # the others, each its test
     test: Test  # the definition, compiled
 
     @staticmethod
@@ -230,6 +231,7 @@ class Segment:
         return Segment(segment_id, version, definition, frozenset(metrics_of(definition)),
                        frozenset(filtered), frozenset(groups_of(definition)),
                        moving or depends_on_time(definition), measured, relative,
+                       tuple((c, event_test(c)) for c in measured if c.static),
                        compile_definition(definition))  # fmt: skip
 
 
