@@ -333,7 +333,7 @@ class Membership:
             facts[pid] = _Facts(dict(k.groups), measures=measures)
         # The events to read: of each metric some condition to be evaluated measures and
         # that is not relative to now or not measured already.
-        every_key = {c.events_key for s in segments for c in s.measured if c.static}
+        every_key = {c.events_key for s in segments for c, _ in s.static}
         relative = any(s.relative for s in segments)
         reading: dict[str, set[str]] = {}
         for pid in profile_ids:
@@ -358,7 +358,7 @@ class Membership:
         (`every`: all its active segments): if a measure remembered is one no segment takes
         any more (a segment edited or paused), forget every profile, since no batch keeps
         such a measure up to date."""
-        keys = {c.events_key for s in segments for c in s.measured if c.static}
+        keys = {c.events_key for s in segments for c, _ in s.static}
         kept = self._kept.get(account_id)
         if every and kept is not None and not kept <= keys:
             self.forget()
