@@ -361,7 +361,7 @@ def worlds(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
             with tempfile.TemporaryDirectory() as root:
                 log = SQLiteLog(Path(root) / "log.sqlite3")
                 store = SQLiteStore(Path(root) / "store.sqlite3")
-                processor = Processor(log, store, clock=lambda: NOW)
+                processor = Processor(log, store, clock=lambda _account: NOW)
                 try:
                     yield World(log, store, processor)
                 finally:
@@ -374,7 +374,7 @@ def worlds(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
     url = request.getfixturevalue("private_postgres").new_database()
     partitions = migrate(url)
     log, store = PostgresLog(url, partitions), PostgresStore(url, partitions)
-    processor = Processor(log, store, clock=lambda: NOW)
+    processor = Processor(log, store, clock=lambda _account: NOW)
 
     @contextlib.contextmanager
     def postgres_world() -> Iterator[World]:

@@ -1,4 +1,5 @@
-"""Test control (an extension, not Klaviyo's): wait for processing, reset an account.
+"""Test control (an extension, not Klaviyo's): wait for processing, reset an account (its
+clock too: api/clock.py).
 
 Guarded by keys with the `trackhouse:admin` scope, which ordinary keys never have.
 """
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from trackhouse.api import auth
 from trackhouse.api.accept import accounts, event_log, jsonapi_response
 from trackhouse.api.errors import APIError
+from trackhouse.clock import REAL_TIME
 from trackhouse.store import ResetElsewhere
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Store
@@ -26,7 +28,7 @@ MAX_WAIT_SECONDS = 300.0
 _SECONDS = re.compile(r"\d{1,6}(?:\.\d{1,6})?", re.ASCII)
 
 
-def _timeout(request: Request) -> float:
+def timeout_param(request: Request) -> float:
     text = request.query_params.get("timeout", "30").strip()
     seconds = float(text) if _SECONDS.fullmatch(text) else -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
@@ -86,7 +88,7 @@ def _status(position: int, head: int) -> dict:
 
 async def wait(request: Request) -> Response:
     auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
-    position, head = await caught_up(request, _timeout(request))
+    position, head = await caught_up(request, timeout_param(request))
     return jsonapi_response(200, _status(position, head))
 
 
@@ -98,7 +100,7 @@ async def reset(request: Request) -> Response:
     store: Store = request.app.state.store
     # Everything accepted before this call is processed, then deleted; what arrives meanwhile
     # is processed after the reset, and kept (processing is held at the log's heads).
-    deadline = time.monotonic() + _timeout(request)
+    deadline = time.monotonic() + timeout_param(request)
     try:
         if processor is not None and event_log(request).partitions == 1:
             _, deleted = await asyncio.to_thread(processor.reset_account, account_id, deadline)
@@ -115,6 +117,7 @@ async def reset(request: Request) -> Response:
             f"The account was not reset: {exc}. Nothing was deleted; retry shortly.",
             headers={"Retry-After": "1"},
         ) from None
+    request.app.state.clocks.changed(account_id, REAL_TIME)  # its row went with the rest
     return jsonapi_response(
         200, {"data": {"type": "account-reset", "id": account_id, "attributes": deleted}}
     )

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trackhouse.api import (
     admin,
     bulk,
+    clock,
     cors,
     event_reads,
     events,
@@ -31,6 +32,7 @@ from trackhouse.api import (
 from trackhouse.api.backpressure import Backlog
 from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
+from trackhouse.clock import Clocks
 from trackhouse.log import EventLog
 from trackhouse.process.processor import Processor
 from trackhouse.store import StoreUnavailable
@@ -103,6 +105,9 @@ ROUTES: list[Route] = [
     *_both("/openapi.json", openapi.get_openapi, ["GET"]),
     Route("/admin/wait", admin.wait, methods=["POST"]),
     Route("/admin/reset", admin.reset, methods=["POST"]),
+    Route("/admin/clock", clock.get_clock, methods=["GET"]),
+    Route("/admin/clock", clock.set_clock, methods=["POST"]),
+    Route("/admin/clock/advance", clock.advance_clock, methods=["POST"]),
 ]
 
 
@@ -253,6 +258,7 @@ def build_app(
     app.state.log = log
     app.state.accounts = accounts
     app.state.store = store
+    app.state.clocks = Clocks(store.clock_settings)  # the accounts' clocks (test control)
     app.state.processor = processor  # None when processing runs elsewhere
     app.state.limiter = limiter  # None: rate limits off
     app.state.backlog = backlog  # None: no bound on how far processing may fall behind

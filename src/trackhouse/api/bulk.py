@@ -141,7 +141,8 @@ async def create_bulk_job(request: Request) -> Response:
     if not groups:
         raise invalid("A bulk request needs at least one profile group.", groups_at)
     wheres = [f"{groups_at}/{i}" for i in range(len(groups))]
-    parsed = parse_groups(groups, wheres, groups_at, caller, int(received_at), from_client=False)
+    now = int(request.app.state.clocks.now(caller.account_id))
+    parsed = parse_groups(groups, wheres, groups_at, caller, now, from_client=False)
     job = BulkJob(
         id=new_ulid(),
         account_id=caller.account_id,
@@ -178,7 +179,7 @@ async def create_client_bulk(request: Request) -> Response:
         ["/data"],
         "/data/attributes/events/data",
         caller,
-        int(received_at),
+        int(request.app.state.clocks.now(caller.account_id)),
         from_client=True,
     )
     # One profile group, so one submission: its receipt tells what became of each event.

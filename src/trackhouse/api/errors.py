@@ -63,7 +63,7 @@ class APIError(Exception):
             "detail": self.detail,
             "source": {"parameter": self.parameter}
             if self.parameter is not None
-            else {"pointer": self.pointer or "/data"},
+            else {"pointer": "/data" if self.pointer is None else self.pointer},
             "links": {},
             "meta": {},
         }

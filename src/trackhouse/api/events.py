@@ -23,10 +23,13 @@ from trackhouse.model import Submission
 MAX_BODY = 5 * MB
 
 
-def parse_create_event(body: bytes, caller: Caller, received_at: float, source: str) -> Submission:
-    """The canonical submission of one create-event body, by the caller's revision."""
+def parse_create_event(
+    body: bytes, caller: Caller, received_at: float, source: str, now: float | None = None
+) -> Submission:
+    """The canonical submission of one create-event body, by the caller's revision; `now` is
+    the account's clock (received_at when not given)."""
     rules = caller.rules
-    now = int(received_at)
+    now = int(received_at if now is None else now)
     where = "/data/attributes"
     if rules.jsonapi_relationships:
         attrs = decode_json(body, EventCreate).data.attributes
@@ -60,7 +63,8 @@ async def _create(request: Request, caller: Caller, source: str) -> Response:
     require_json_content_type(request)
     received_at = time.time()
     body = await read_body(request, MAX_BODY)
-    submission = parse_create_event(body, caller, received_at, source)
+    now = request.app.state.clocks.now(caller.account_id)
+    submission = parse_create_event(body, caller, received_at, source, now)
     await append(request, [submission])
     headers = caller.headers | {RECEIPT_HEADER: submission.receipt_id or ""}
     return jsonapi_response(202, headers=headers)

@@ -96,7 +96,11 @@ def _ascii_number(value: Any) -> Any:
     return value
 
 
-def track_submission(payload: dict[str, Any], account_id: str, received_at: float) -> Submission:
+def track_submission(
+    payload: dict[str, Any], account_id: str, received_at: float, now: float | None = None
+) -> Submission:
+    """`now`: the account's clock (received_at when not given)."""
+    now = received_at if now is None else now
     name = payload.get("event")
     if not isinstance(name, str):
         raise Refused("event (the metric name) is required")
@@ -122,7 +126,7 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
         raise Refused("$event_id must be a string or a number")
     moment = payload.get("time")
     if moment is None:
-        seconds = int(received_at)
+        seconds = int(now)
     else:
         if isinstance(moment, bool) or not isinstance(moment, int | float | str):
             raise Refused("time must be a UNIX timestamp in seconds")
@@ -130,7 +134,7 @@ def track_submission(payload: dict[str, Any], account_id: str, received_at: floa
             moment = datetime.fromtimestamp(int(float(_ascii_number(moment))), UTC)
         except (ValueError, OverflowError, OSError):
             raise Refused("time must be a UNIX timestamp in seconds") from None
-        seconds = limits.check_event_time(moment, RULES.min_event_year, "/time")
+        seconds = limits.check_event_time(moment, RULES.min_event_year, "/time", now)
     event = Event(
         metric=limits.check_metric_name(name, "/event"),
         properties=properties,
@@ -187,7 +191,8 @@ async def _handle(request: Request, kind: str) -> Response:
             raise Refused("unknown token (public API key)")
         headers = rate_limit(request, token, "create")
         if kind == "track":
-            submission = track_submission(payload, token, received_at)
+            now = request.app.state.clocks.now(token)
+            submission = track_submission(payload, token, received_at, now)
         else:
             submission = identify_submission(payload, token, received_at)
         await append(request, [submission])

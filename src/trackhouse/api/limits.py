@@ -146,23 +146,24 @@ def check_currency(code: str | None, where: str) -> str | None:
     return code.upper()
 
 
-def parse_event_time(value: str | None, default: int, min_year: int, where: str) -> int:
-    """Unix seconds (truncated) of an ISO 8601 time; after `min_year`, at most a year ahead."""
+def parse_event_time(value: str | None, now: int, min_year: int, where: str) -> int:
+    """Unix seconds (truncated) of an ISO 8601 time; after `min_year`, at most a year ahead
+    of `now` (the account's clock), which is also the time when none is given."""
     if value is None:
-        return default
+        return now
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise invalid(f"'{value[:64]}' is not a valid ISO 8601 date-time.", where) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return check_event_time(moment, min_year, where)
+    return check_event_time(moment, min_year, where, now)
 
 
-def check_event_time(moment: datetime, min_year: int, where: str) -> int:
+def check_event_time(moment: datetime, min_year: int, where: str, now: float) -> int:
     if moment < datetime(min_year, 1, 1, tzinfo=UTC):
         raise invalid(f"The event time must be after the year {min_year}.", where)
-    if moment > datetime.now(UTC) + timedelta(days=365):
+    if moment > datetime.fromtimestamp(now, UTC) + timedelta(days=365):
         raise invalid("The event time can only be up to 1 year in the future.", where)
     return int(moment.timestamp())
 

@@ -36,6 +36,7 @@ from trackhouse.segments.definition import (
     DefinitionError,
     MembershipCondition,
     MetricCondition,
+    depends_on_time,
     groups_of,
     parse_definition,
 )
@@ -244,6 +245,25 @@ def recompute_dependents(store: Store, account_id: str, group_id: str) -> None:
             continue
         if group_id in named:
             store.update_segment(account_id, row.id, {"is_active": True}, _now())
+
+
+def restart_relative(store: Store, account_id: str) -> list[str]:
+    """The clock moved (test control): the account's active segments whose definitions are
+    relative to now are computed again over every profile, with the cause "time" (those being
+    computed already are left to finish). Their ids."""
+    due = []
+    for row in _all_segments(store, account_id):
+        if not row.is_active or row.pending:
+            continue
+        try:
+            definition = parse_definition(msgspec.json.decode(row.definition))
+        except (DefinitionError, msgspec.DecodeError):
+            continue
+        if depends_on_time(definition):
+            due.append((account_id, row.id, row.version))
+    if due:
+        store.start_sweeps(due)
+    return [segment_id for _, segment_id, _ in due]
 
 
 def _definition(store: Store, account_id: str, raw: dict[str, Any],

@@ -63,7 +63,7 @@ from trackhouse.store.base import MembershipChange, SegmentRow, StoreWriter
 
 logger = logging.getLogger("trackhouse.process")
 PAGE_PROFILES = 500  # profiles per page of a background computation
-Clock = Callable[[], datetime]
+Clock = Callable[[str], datetime]  # an account's now (trackhouse/clock.py)
 _props = msgspec.json.Decoder(dict[str, Any])
 _fingerprint = msgspec.msgpack.Encoder().encode
 # What this processor remembers of profiles (embedded store: `_Known`) is dropped whole, at a
@@ -322,13 +322,13 @@ class Membership:
         facts = {pid: _Facts(dict(current.get(pid, {}))) for pid in unknown}
         arrived = arrived or {}
         measured = _measured(segments) if known else {}
-        now = self.clock()
+        now = self.clock(account_id) if measured else None  # (the store is asked only then)
         for pid, k in known.items():
             # Every measure remembered is one the account's segments take now (`_keep`).
             measures = dict(k.measures)
             for metric, events in arrived.get(pid, {}).items():
                 conditions = measured.get(metric)
-                if conditions is not None:
+                if conditions is not None and now is not None:
                     _add_new(measures, conditions, events, now)
             facts[pid] = _Facts(dict(k.groups), measures=measures)
         # The events to read: of each metric some condition to be evaluated measures and
@@ -441,8 +441,6 @@ class Membership:
         changed (`stored`: the events stored by the batch)."""
         joins: list[MembershipChange] = []
         leaves: list[MembershipChange] = []
-        now = self.clock()
-        at = iso(now)
         changed_lists: dict[str, list[tuple[str, str, str, bool, str]]] = {}
         for change in list_changes:
             changed_lists.setdefault(change[0], []).append(change)
@@ -467,6 +465,8 @@ class Membership:
                     self._stage(pid, None, facts[pid])
                 continue
             pids = sorted(touched.get(account_id, set()))
+            now = self.clock(account_id)
+            at = iso(now)
             self.store.lock_profiles(account_id, pids)
             profiles = {pid: self.book.get(account_id, pid) for pid in pids}
             wanted: dict[str, list[Segment]] = {}
@@ -585,7 +585,7 @@ class Membership:
             facts = self._facts(account_id, pids, segments)
             joins: list[MembershipChange] = []
             leaves: list[MembershipChange] = []
-            now = self.clock()
+            now = self.clock(account_id)
             at = iso(now)
             for pid, doc in page:
                 self._evaluate(account_id, decode_profile(doc), facts[pid], segments, now, at,

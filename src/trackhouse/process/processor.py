@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from trackhouse.clock import Clocks
 from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
@@ -87,7 +88,10 @@ class Processor:
             self.claim.release()
             raise
         self.book = ProfileBook(self.store)
-        self.membership = Membership(self.store, self.book, clock or _wall_clock)
+        # Each account's clock as the store holds it, read afresh whenever it is asked (a few
+        # times a batch): set through /admin/clock by any API process.
+        self.clocks = Clocks(self.store.clock_settings, ttl=0.0)
+        self.membership = Membership(self.store, self.book, clock or self.clocks.moment)
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
@@ -488,10 +492,6 @@ class _Events:
     results: list[Result]  # "stored" until the insert says otherwise
     notes: str | None
     properties: list[dict[str, Any]]  # each row's event properties (not decoded again)
-
-
-def _wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def _touched(outcomes: list[OutcomeRow]) -> dict[str, set[str]]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from trackhouse.clock import ClockSetting
 from trackhouse.log import EventLog
 
 MAX_EVENT_NUMBER = 2**63 - 1  # SQLite's and PostgreSQL's largest integer
@@ -358,6 +359,9 @@ class StoreWriter(Protocol):
         """Compute these (account, segment, version) again from the first profile, with the
         cause "time" (those changed or pending meanwhile are left as they are)."""
 
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        """Every account's clock that is not on real time (trackhouse/clock.py)."""
+
     def advance(self, partition: int, old: int, new: int) -> None:
         """Move the partition's processed position from `old` to `new`, in the batch's
         transaction; ProcessingFenced if it is not at `old` (another worker moved it)."""
@@ -473,6 +477,17 @@ class Store(Protocol):
 
     def segments_pending(self) -> int:
         """Active segments whose computation is not done (for /admin/wait)."""
+
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        """As StoreWriter.start_sweeps: (account, segment, version) computed again from the
+        first profile, with the cause "time" (when the clock was advanced)."""
+
+    # -- test control --------------------------------------------------------------------
+
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        """Every account's clock that is not on real time (trackhouse/clock.py)."""
+
+    def set_clock(self, account_id: str, setting: ClockSetting) -> None: ...
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Delete what the account had accepted when called, once every worker has processed

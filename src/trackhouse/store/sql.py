@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trackhouse.clock import ClockSetting
 from trackhouse.store.base import (
     GROUP_TABLES,
     EventQuery,
@@ -400,3 +401,25 @@ def update_segment(d: Dialect, changes: dict[str, Any]) -> tuple[str, list[Any]]
     if "definition" in changes or changes.get("is_active") is True:
         sets += ["pending = TRUE", "cursor = ''", "version = version + 1", "cause = 'definition'"]
     return ", ".join(sets), values
+
+
+# -- test control: the accounts' clocks (trackhouse/clock.py) -------------------------------
+
+CLOCK_SETTINGS = "SELECT account_id, frozen_at, clock_offset FROM clocks"
+
+
+def clock_settings(rows: list[tuple[Any, ...]]) -> dict[str, ClockSetting]:
+    return {account: ClockSetting(frozen_at, offset) for account, frozen_at, offset in rows}
+
+
+def set_clock(d: Dialect) -> str:
+    p = d.param
+    return (
+        f"INSERT INTO clocks (account_id, frozen_at, clock_offset) VALUES ({p}, {p}, {p})"
+        " ON CONFLICT (account_id) DO UPDATE SET frozen_at = excluded.frozen_at,"
+        " clock_offset = excluded.clock_offset"
+    )
+
+
+def clear_clock(d: Dialect) -> str:
+    return f"DELETE FROM clocks WHERE account_id = {d.param}"

@@ -203,6 +203,14 @@ CREATE TABLE IF NOT EXISTS membership_changes (
 CREATE INDEX IF NOT EXISTS membership_changes_group
     ON membership_changes (account_id, group_id, id);
 
+-- Test control: an account's clock, frozen (frozen_at) or moved (clock_offset); real time
+-- when it has no row (trackhouse/clock.py).
+CREATE TABLE IF NOT EXISTS clocks (
+    account_id text COLLATE "C" PRIMARY KEY,
+    frozen_at double precision,
+    clock_offset double precision NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS accounts (
     id text COLLATE "C" PRIMARY KEY,
     created_at text COLLATE "C" NOT NULL

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from trackhouse.clock import ClockSetting
 from trackhouse.log import EventLog
 from trackhouse.store import StoreUnavailable
 from trackhouse.store import sql as sql_reads
@@ -236,6 +237,10 @@ class PostgresStore:
         sql = sql_reads.membership_changes(_SQL)
         return self.db.all(sql, (account_id, group_id, after, limit))  # type: ignore[return-value]
 
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        for segment in segments:  # a few: an account's segments relative to now
+            self.db.run(sql_reads.start_sweep(_SQL), segment)
+
     def segments_pending(self) -> int:
         return self.db.all("SELECT count(*) FROM segments WHERE pending AND is_active")[0][0]
 
@@ -258,6 +263,17 @@ class PostgresStore:
         return [bytes(doc) for _, doc, _ in self.db.all(sql, args)]
 
     # -- test control ----------------------------------------------------------------------
+
+    # -- test control ------------------------------------------------------------------------
+
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        return sql_reads.clock_settings(self.db.all(sql_reads.CLOCK_SETTINGS))
+
+    def set_clock(self, account_id: str, setting: ClockSetting) -> None:
+        if setting.real:
+            self.db.run(sql_reads.clear_clock(_SQL), (account_id,))
+        else:
+            self.db.run(sql_reads.set_clock(_SQL), (account_id, setting.frozen_at, setting.offset))
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Hold every partition at the head it has now (under the reset gate, which batches

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from trackhouse.clock import ClockSetting
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict
 from trackhouse.store import sql as sql_writes
 from trackhouse.store.base import (
@@ -36,7 +37,7 @@ _CEILING = (
 )
 # An account's data (members before their lists and segments: nothing else refers to those).
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments")  # fmt: skip
+          "segment_members", "membership_changes", "lists", "segments", "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="%s", number="number", array_params=True)
 # A batch's events, COPYed in before they are inserted; emptied by each commit.
 _STAGING = (
@@ -300,6 +301,9 @@ class PostgresWriter:
             return []
         with storage_errors():
             return self.conn.execute(sql, args).fetchall()
+
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        return sql_writes.clock_settings(self._rows(sql_writes.CLOCK_SETTINGS, ()))
 
     def list_exists(self, account_id: str, list_id: str) -> bool:
         sql = "SELECT 1 FROM lists WHERE id = %s AND account_id = %s"

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from trackhouse.clock import ClockSetting
 from trackhouse.identifiers import email_key
 from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS meta (  -- log_identity: the log this store is built 
 CREATE TABLE IF NOT EXISTS resets (  -- test control: the log position of an account's reset
     account_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
+);
+-- Test control: an account's clock, frozen (frozen_at) or moved (clock_offset); real time
+-- when it has no row (trackhouse/clock.py).
+CREATE TABLE IF NOT EXISTS clocks (
+    account_id TEXT PRIMARY KEY,
+    frozen_at REAL,
+    clock_offset REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS profiles (
     id TEXT PRIMARY KEY,
@@ -554,6 +562,10 @@ class SQLiteStore:
         rows = self._all(sql_reads.membership_changes(_SQL), (account_id, group_id, after, limit))
         return [(i, k, g, p, bool(joined), at, c) for i, k, g, p, joined, at, c in rows]
 
+    def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
+        with self._lock, storage_errors:
+            self._conn.executemany(sql_reads.start_sweep(_SQL), segments)
+
     def segments_pending(self) -> int:
         return self._all("SELECT count(*) FROM segments WHERE pending AND is_active", ())[0][0]
 
@@ -572,6 +584,17 @@ class SQLiteStore:
             _SQL, account_id, ids, identifiers, after, limit, q or ProfileQuery()
         )
         return [doc for _, doc, _ in self._all(sql, tuple(args))]
+
+    # -- test control ------------------------------------------------------------------------
+
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        return sql_reads.clock_settings(self._all(sql_reads.CLOCK_SETTINGS, ()))
+
+    def set_clock(self, account_id: str, setting: ClockSetting) -> None:
+        if setting.real:
+            self._run(sql_reads.clear_clock(_SQL), (account_id,))
+        else:
+            self._run(sql_reads.set_clock(_SQL), (account_id, setting.frozen_at, setting.offset))
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         raise ResetElsewhere  # the processor holds itself (Processor.reset_account)

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from trackhouse.clock import ClockSetting
 from trackhouse.store import ProcessingFenced
 from trackhouse.store import sql as sql_writes
 from trackhouse.store.base import (
@@ -29,7 +30,7 @@ from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
 # An account's data (members before their lists and segments: nothing else refers to those).
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments")  # fmt: skip
+          "segment_members", "membership_changes", "lists", "segments", "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="?", number="rowid", array_params=False)
 
 
@@ -191,6 +192,9 @@ class SQLiteWriter:
     def _rows(self, sql: str, args: list | tuple) -> list[tuple]:
         with _storage_errors:
             return self.conn.execute(sql, args).fetchall()
+
+    def clock_settings(self) -> dict[str, ClockSetting]:
+        return sql_writes.clock_settings(self._rows(sql_writes.CLOCK_SETTINGS, ()))
 
     def list_exists(self, account_id: str, list_id: str) -> bool:
         sql = "SELECT 1 FROM lists WHERE id = ? AND account_id = ?"

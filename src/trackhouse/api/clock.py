@@ -1,0 +1,159 @@
+"""Test control: the admin key's account's clock (trackhouse/clock.py), as Stripe's test
+clocks are set.
+
+- `GET /admin/clock` → `{"now": ISO 8601, "frozen": bool}`.
+- `POST /admin/clock` with `{"now": ISO 8601}` freezes the clock there; `{"frozen": false}`
+  returns it to real time; `{"frozen": true}` freezes it where it is; `{"now": …, "frozen":
+  false}` sets it running from there.
+- `POST /admin/clock/advance` with `{"seconds": N}` or `{"to": ISO 8601}` first waits for
+  processing as `/admin/wait` does, then moves now by exactly that much (a running clock goes
+  on running from there) and runs what falls due on the way, in time order: today, the
+  segments whose definitions are relative to now are computed again (with the cause "time"),
+  and waited for. It answers with the clock and what ran.
+
+The clock only goes forward through `advance`; `POST /admin/clock` may set any instant from
+1970 to 3000 (every date computed from now stays far from the calendar's ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trackhouse.api import auth
+from trackhouse.api.accept import accounts
+from trackhouse.api.admin import caught_up, timeout_param
+from trackhouse.api.body import decode_json, read_body, require_json_content_type
+from trackhouse.api.errors import invalid
+from trackhouse.api.segments import restart_relative
+from trackhouse.clock import EARLIEST, LATEST, REAL_TIME, Clocks, ClockSetting, iso
+from trackhouse.store.accounts import ADMIN_SCOPE
+from trackhouse.store.base import Store
+
+MAX_BODY = 4096
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class SetClock(_Wire):
+    now: str | None = None
+    frozen: bool | None = None
+
+
+class Advance(_Wire):
+    seconds: float | None = None
+    to: str | None = None
+
+
+def _clocks(request: Request) -> Clocks:
+    clocks: Clocks = request.app.state.clocks
+    return clocks
+
+
+def _instant(text: str, pointer: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise invalid(f"'{text[:64]}' is not an ISO 8601 date-time.", pointer) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        moment = LATEST  # an offset past year 9999: out of range below
+    if not EARLIEST <= moment < LATEST:
+        raise invalid("The clock can be set from 1970 up to (not including) 3000.", pointer)
+    return moment.timestamp()
+
+
+def _answer(setting: ClockSetting, extra: dict[str, Any] | None = None) -> Response:
+    document = {"now": iso(setting.now(time.time())), "frozen": setting.frozen, **(extra or {})}
+    return Response(msgspec.json.encode(document), 200, media_type="application/json")
+
+
+def _store_setting(request: Request, account_id: str, setting: ClockSetting) -> None:
+    store: Store = request.app.state.store
+    store.set_clock(account_id, setting)
+    _clocks(request).changed(account_id, setting)
+    processor = request.app.state.processor
+    if processor is not None:
+        processor.wake.set()
+
+
+async def get_clock(request: Request) -> Response:
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    _clocks(request).refresh()  # exact: another API process may have set it
+    return _answer(_clocks(request).setting(account_id))
+
+
+async def set_clock(request: Request) -> Response:
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    require_json_content_type(request)
+    body = decode_json(await read_body(request, MAX_BODY), SetClock)
+    if body.now is None and body.frozen is None:
+        raise invalid("Give `now` (an ISO 8601 date-time), `frozen` (true or false), or both.",
+                      "")  # fmt: skip
+    wall = time.time()
+    if body.now is not None:
+        at = _instant(body.now, "/now")
+        setting = ClockSetting(at) if body.frozen is not False else ClockSetting(None, at - wall)
+    elif body.frozen:
+        _clocks(request).refresh()
+        setting = ClockSetting(_clocks(request).setting(account_id).now(wall))
+    else:
+        setting = REAL_TIME
+    await asyncio.to_thread(_store_setting, request, account_id, setting)
+    return _answer(setting)
+
+
+async def advance_clock(request: Request) -> Response:
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    require_json_content_type(request)
+    body = decode_json(await read_body(request, MAX_BODY), Advance)
+    seconds = timeout_param(request)
+    deadline = time.monotonic() + seconds
+    if (body.seconds is None) == (body.to is None):
+        raise invalid("Give exactly one of `seconds` (how far to move) and `to` (an ISO 8601 "
+                      "date-time).", "")  # fmt: skip
+    await caught_up(request, seconds)
+    clocks = _clocks(request)
+    clocks.refresh()
+    before = clocks.setting(account_id)
+    wall = time.time()
+    start = before.now(wall)
+    if body.seconds is not None:
+        if not math.isfinite(body.seconds) or body.seconds < 0:
+            raise invalid("`seconds` must be a number of seconds, 0 or more.", "/seconds")
+        target = start + body.seconds
+        if target >= LATEST.timestamp():
+            raise invalid("The clock can be advanced up to (not including) 3000.", "/seconds")
+    else:
+        assert body.to is not None
+        target = _instant(body.to, "/to")
+        if target < start:
+            raise invalid(
+                f"`to` is before the clock's now ({iso(start)}): the clock only goes forward "
+                "here; POST /admin/clock sets it anywhere.", "/to",
+            )  # fmt: skip
+    if before.frozen:
+        setting = ClockSetting(target)
+    else:
+        setting = ClockSetting(None, before.offset + (target - start))
+    await asyncio.to_thread(_store_setting, request, account_id, setting)
+    store: Store = request.app.state.store
+    restarted = await asyncio.to_thread(restart_relative, store, account_id)
+    ran: list[dict[str, Any]] = [
+        {"type": "segment-computation", "id": segment_id, "at": iso(target)}
+        for segment_id in restarted
+    ]
+    await caught_up(request, max(0.0, deadline - time.monotonic()))
+    return _answer(setting, {"from": iso(start), "ran": ran})
