@@ -53,9 +53,26 @@ def shared_dir() -> Path:
 
 @cache
 def load_spec(spec_dir: str) -> dict[str, Any]:
-    """One revision's whole OpenAPI document (1-3 MB; loaded once per test session)."""
+    """One revision's whole OpenAPI document (1-3 MB; loaded once per test session), with
+    one mend: its `oneOf`s become `anyOf`s. Klaviyo's alternatives overlap: a number is
+    `oneOf: [integer, number]`, which every integer matches twice (so `"value": 50`, which
+    Klaviyo takes, would be refused), and a flow message is one of FlowEmail, FlowSms,
+    FlowWebhook… of which FlowEmail requires nothing, so that every message matches two."""
     path = shared_dir() / "klaviyo-openapi" / spec_dir / "stable.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    _any_of(spec)
+    return spec
+
+
+def _any_of(node: Any) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("oneOf"), list):
+            node["anyOf"] = node.pop("oneOf")
+        for value in node.values():
+            _any_of(value)
+    elif isinstance(node, list):
+        for value in node:
+            _any_of(value)
 
 
 @dataclass(frozen=True)

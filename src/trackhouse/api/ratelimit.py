@@ -50,6 +50,8 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "segment_count": Limit(1, 15),  # GET /api/segments/{id} with profile_count
     "segment_write": Limit(1, 15),  # POST /api/segments, PATCH /api/segments/{id}
     "segment_delete": Limit(3, 60),  # DELETE /api/segments/{id}
+    "flow_create": Limit(1, 15),  # POST /api/flows
+    "flows": Limit(3, 60),  # the other flow, flow-action and flow-message endpoints
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")
@@ -142,8 +144,8 @@ def _throttled(wait: float) -> APIError:
 # Klaviyo's daily creation limits (reference/segments-flows.md §§ 1–3), off by default: test
 # suites create far more than a day's worth (design.md). TRACKHOUSE_DAILY_LIMITS: "off"
 # (default), "on" (Klaviyo's), or e.g. "list=3,segment=2".
-KLAVIYO_DAILY_LIMITS = {"list": 150, "segment": 100}
-_DAILY_SPEC = re.compile(r"^\s*(list|segment)\s*=\s*(\d{1,6})\s*$")
+KLAVIYO_DAILY_LIMITS = {"list": 150, "segment": 100, "flow": 100}
+_DAILY_SPEC = re.compile(r"^\s*(list|segment|flow)\s*=\s*(\d{1,6})\s*$")
 
 
 def parse_daily_limits(text: str | None) -> dict[str, int]:
@@ -156,7 +158,7 @@ def parse_daily_limits(text: str | None) -> dict[str, int]:
     for part in text.split(","):
         match = _DAILY_SPEC.match(part)
         if not match:
-            raise ValueError(f"bad daily limit {part!r}: expected list=N or segment=N")
+            raise ValueError(f"bad daily limit {part!r}: expected list=N, segment=N or flow=N")
         limits[match.group(1)] = int(match.group(2))
     return limits
 

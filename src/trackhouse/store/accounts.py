@@ -21,6 +21,8 @@ from trackhouse.ids import short_id
 ALL_SCOPES: tuple[str, ...] = (
     "events:read",
     "events:write",
+    "flows:read",
+    "flows:write",
     "lists:read",
     "lists:write",
     "segments:read",

@@ -185,6 +185,38 @@ class SegmentQuery:
     limit: int = 10
 
 
+@dataclass(frozen=True, slots=True)
+class FlowRow:
+    """A flow's own attributes and its definition as stored (JSON, with the actions' ids);
+    `trigger` is (metric | list | segment, its id), for finding the flows an event or a join
+    can enter."""
+
+    id: str
+    name: str
+    status: str  # draft | manual | live
+    archived: bool
+    trigger_type: str  # Klaviyo's: Metric, Added to List
+    trigger: tuple[str, str]
+    definition: str  # JSON
+    created: str
+    updated: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowActionRow:
+    """One action of a flow: its definition as stored (JSON), and the id of its message for
+    the actions that send one (`message_id`, Klaviyo's flow-message)."""
+
+    id: str
+    flow_id: str
+    type: str
+    status: str  # draft | manual | live | disabled
+    definition: str  # JSON
+    message_id: str | None
+    created: str
+    updated: str
+
+
 GROUP_TABLES = {"list": ("list_members", "list_id"), "segment": ("segment_members", "segment_id")}
 
 
@@ -477,6 +509,30 @@ class Store(Protocol):
 
     def segments_pending(self) -> int:
         """Active segments whose computation is not done (for /admin/wait)."""
+
+    # -- flows: written by the API process -------------------------------------------------
+
+    def add_flow(self, account_id: str, flow: FlowRow, actions: list[FlowActionRow]) -> bool:
+        """Store a new flow and its actions; False if one of their ids is taken."""
+
+    def flows(self, account_id: str, ids: list[str] | None = None) -> list[FlowRow]:
+        """The account's flows (those of `ids` when given), by id."""
+
+    def update_flow(
+        self, account_id: str, flow_id: str, status: str, updated: str,
+        actions: list[FlowActionRow],
+    ) -> FlowRow | None:  # fmt: skip
+        """Set the flow's status and its actions' (`actions`, as they are now); None if the
+        flow is gone."""
+
+    def delete_flow(self, account_id: str, flow_id: str) -> bool:
+        """Delete a flow and its actions; False if there was none."""
+
+    def flow_actions(
+        self, account_id: str, flow_ids: list[str] | None = None, ids: list[str] | None = None,
+        message_ids: list[str] | None = None,
+    ) -> list[FlowActionRow]:  # fmt: skip
+        """The actions of the flows, or with these ids or message ids (any given), by id."""
 
     def start_sweeps(self, segments: list[tuple[str, str, int]]) -> None:
         """As StoreWriter.start_sweeps: (account, segment, version) computed again from the

@@ -12,6 +12,8 @@ from trackhouse.clock import ClockSetting
 from trackhouse.store.base import (
     GROUP_TABLES,
     EventQuery,
+    FlowActionRow,
+    FlowRow,
     ListQuery,
     MemberQuery,
     ProfileQuery,
@@ -423,3 +425,66 @@ def set_clock(d: Dialect) -> str:
 
 def clear_clock(d: Dialect) -> str:
     return f"DELETE FROM clocks WHERE account_id = {d.param}"
+
+
+# -- flows ------------------------------------------------------------------------------------
+
+FLOW_COLUMNS = (
+    "id, name, status, archived, trigger_type, trigger_kind, trigger_id, definition, created,"
+    " updated"
+)
+ACTION_COLUMNS = "id, flow_id, type, status, definition, message_id, created, updated"
+
+
+def flow_row(row: tuple[Any, ...]) -> FlowRow:
+    i, name, status, archived, trigger_type, kind, trigger_id, definition, created, updated = row
+    return FlowRow(i, name, status, bool(archived), trigger_type, (kind, trigger_id), definition,
+                   created, updated)  # fmt: skip
+
+
+def action_row(row: tuple[Any, ...]) -> FlowActionRow:
+    return FlowActionRow(*row)
+
+
+def add_flow(d: Dialect) -> str:
+    p = d.param
+    return f"INSERT INTO flows (account_id, {FLOW_COLUMNS}) VALUES ({', '.join([p] * 11)})"
+
+
+def add_action(d: Dialect) -> str:
+    p = d.param
+    return f"INSERT INTO flow_actions (account_id, {ACTION_COLUMNS}) VALUES ({', '.join([p] * 9)})"
+
+
+def flows(d: Dialect, account_id: str, ids: list[str] | None) -> tuple[str, list[Any]]:
+    sql, args = f"SELECT {FLOW_COLUMNS} FROM flows WHERE account_id = {d.param}", [account_id]
+    if ids is not None:
+        where, values = d.one_of("id", ids)
+        sql, args = f"{sql} AND {where}", args + values
+    return sql + " ORDER BY id", args
+
+
+def flow_actions(
+    d: Dialect, account_id: str, flow_ids: list[str] | None, ids: list[str] | None,
+    message_ids: list[str] | None,
+) -> tuple[str, list[Any]]:  # fmt: skip
+    sql = f"SELECT {ACTION_COLUMNS} FROM flow_actions WHERE account_id = {d.param}"
+    args: list[Any] = [account_id]
+    for column, values in (("flow_id", flow_ids), ("id", ids), ("message_id", message_ids)):
+        if values is not None:
+            where, more = d.one_of(column, values)
+            sql, args = f"{sql} AND {where}", args + more
+    return sql + " ORDER BY id", args
+
+
+def update_flow(d: Dialect) -> str:
+    p = d.param
+    return f"UPDATE flows SET status = {p}, updated = {p} WHERE id = {p} AND account_id = {p}"
+
+
+def update_action(d: Dialect) -> str:
+    p = d.param
+    return (
+        f"UPDATE flow_actions SET status = {p}, definition = {p}, updated = {p}"
+        f" WHERE id = {p} AND account_id = {p}"
+    )

@@ -127,5 +127,13 @@ class Reader:
                 self.pool.check()  # that one was lost (the pool replaces it): the idle ones too
         raise AssertionError("unreachable")
 
+    def run_all(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Writes in one transaction, all or none; how many rows each changed. A unique
+        violation is raised as psycopg's (the caller draws another id)."""
+        with storage_errors(), self.pool.connection() as conn:
+            ConnectionPool.check_connection(conn)
+            with conn.transaction():
+                return [conn.execute(sql, args).rowcount for sql, args in statements]  # type: ignore[arg-type]
+
     def close(self) -> None:
         self.pool.close()

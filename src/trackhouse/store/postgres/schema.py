@@ -203,6 +203,36 @@ CREATE TABLE IF NOT EXISTS membership_changes (
 CREATE INDEX IF NOT EXISTS membership_changes_group
     ON membership_changes (account_id, group_id, id);
 
+-- Flows (written by the API process): the definition as stored, with its actions' ids; each
+-- action a row too (flow-actions and their flow-messages are read by id).
+CREATE TABLE IF NOT EXISTS flows (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    status text COLLATE "C" NOT NULL,          -- draft | manual | live
+    archived boolean NOT NULL,
+    trigger_type text COLLATE "C" NOT NULL,    -- Klaviyo's: Metric, Added to List
+    trigger_kind text COLLATE "C" NOT NULL,    -- metric | list | segment
+    trigger_id text COLLATE "C" NOT NULL,
+    definition text COLLATE "C" NOT NULL,      -- JSON
+    created text COLLATE "C" NOT NULL,
+    updated text COLLATE "C" NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_account ON flows (account_id, id);
+CREATE INDEX IF NOT EXISTS flows_trigger ON flows (account_id, trigger_kind, trigger_id);
+CREATE TABLE IF NOT EXISTS flow_actions (
+    id text COLLATE "C" PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL,
+    flow_id text COLLATE "C" NOT NULL,
+    type text COLLATE "C" NOT NULL,
+    status text COLLATE "C" NOT NULL,          -- draft | manual | live | disabled
+    definition text COLLATE "C" NOT NULL,      -- JSON
+    message_id text COLLATE "C" UNIQUE,        -- its flow-message, for actions that send one
+    created text COLLATE "C" NOT NULL,
+    updated text COLLATE "C" NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_actions_flow ON flow_actions (account_id, flow_id, id);
+
 -- Test control: an account's clock, frozen (frozen_at) or moved (clock_offset); real time
 -- when it has no row (trackhouse/clock.py).
 CREATE TABLE IF NOT EXISTS clocks (

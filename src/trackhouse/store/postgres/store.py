@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
+
 from trackhouse.clock import ClockSetting
 from trackhouse.log import EventLog
 from trackhouse.store import StoreUnavailable
@@ -21,6 +23,8 @@ from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
     EventRow,
+    FlowActionRow,
+    FlowRow,
     ListQuery,
     ListRow,
     MemberQuery,
@@ -264,6 +268,52 @@ class PostgresStore:
 
     # -- test control ----------------------------------------------------------------------
 
+    # -- flows -------------------------------------------------------------------------------
+
+    def add_flow(self, account_id: str, flow: FlowRow, actions: list[FlowActionRow]) -> bool:
+        statements = [(sql_reads.add_flow(_SQL), _flow_args(account_id, flow))]
+        statements += [(sql_reads.add_action(_SQL), _action_args(account_id, a)) for a in actions]
+        try:
+            self.db.run_all(statements)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
+
+    def flows(self, account_id: str, ids: list[str] | None = None) -> list[FlowRow]:
+        sql, args = sql_reads.flows(_SQL, account_id, ids)
+        return [sql_reads.flow_row(r) for r in self.db.all(sql, args)]
+
+    def update_flow(
+        self, account_id: str, flow_id: str, status: str, updated: str,
+        actions: list[FlowActionRow],
+    ) -> FlowRow | None:  # fmt: skip
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (sql_reads.update_flow(_SQL), (status, updated, flow_id, account_id))
+        ]
+        statements += [
+            (sql_reads.update_action(_SQL), (a.status, a.definition, updated, a.id, account_id))
+            for a in actions
+        ]
+        if not self.db.run_all(statements)[0]:
+            return None
+        found = self.flows(account_id, [flow_id])
+        return found[0] if found else None
+
+    def delete_flow(self, account_id: str, flow_id: str) -> bool:
+        counts = self.db.run_all([
+            ("DELETE FROM flow_actions WHERE account_id = %s AND flow_id = %s",
+             (account_id, flow_id)),
+            ("DELETE FROM flows WHERE account_id = %s AND id = %s", (account_id, flow_id)),
+        ])  # fmt: skip
+        return counts[1] == 1
+
+    def flow_actions(
+        self, account_id: str, flow_ids: list[str] | None = None, ids: list[str] | None = None,
+        message_ids: list[str] | None = None,
+    ) -> list[FlowActionRow]:  # fmt: skip
+        sql, args = sql_reads.flow_actions(_SQL, account_id, flow_ids, ids, message_ids)
+        return [sql_reads.action_row(r) for r in self.db.all(sql, args)]
+
     # -- test control ------------------------------------------------------------------------
 
     def clock_settings(self) -> dict[str, ClockSetting]:
@@ -343,3 +393,13 @@ def _lock_timeout(conn: Any, deadline: float) -> None:
     ms = max(1, int((deadline - time.monotonic()) * 1000))
     conn.execute(f"SET lock_timeout = {ms}")
     conn.commit()
+
+
+def _flow_args(account_id: str, f: FlowRow) -> tuple[Any, ...]:
+    return (account_id, f.id, f.name, f.status, f.archived, f.trigger_type, *f.trigger,
+            f.definition, f.created, f.updated)  # fmt: skip
+
+
+def _action_args(account_id: str, a: FlowActionRow) -> tuple[Any, ...]:
+    return (account_id, a.id, a.flow_id, a.type, a.status, a.definition, a.message_id,
+            a.created, a.updated)  # fmt: skip

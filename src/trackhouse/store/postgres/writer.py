@@ -37,7 +37,8 @@ _CEILING = (
 )
 # An account's data (members before their lists and segments: nothing else refers to those).
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments", "clocks")  # fmt: skip
+          "segment_members", "membership_changes", "lists", "segments", "flow_actions", "flows",
+          "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="%s", number="number", array_params=True)
 # A batch's events, COPYed in before they are inserted; emptied by each commit.
 _STAGING = (

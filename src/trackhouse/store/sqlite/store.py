@@ -25,6 +25,8 @@ from trackhouse.store.base import (
     OUTCOMES,
     EventQuery,
     EventRow,
+    FlowActionRow,
+    FlowRow,
     ListQuery,
     ListRow,
     MemberQuery,
@@ -180,6 +182,35 @@ CREATE INDEX IF NOT EXISTS segment_members_of_profile
     ON segment_members (account_id, profile_id, segment_id, joined_at);
 CREATE INDEX IF NOT EXISTS segment_members_joined
     ON segment_members (account_id, segment_id, joined_at, profile_id);
+-- Flows (written by the API process): the definition as stored, with its actions' ids; each
+-- action a row too (flow-actions and their flow-messages are read by id).
+CREATE TABLE IF NOT EXISTS flows (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,          -- draft | manual | live
+    archived INTEGER NOT NULL,
+    trigger_type TEXT NOT NULL,    -- Klaviyo's: Metric, Added to List
+    trigger_kind TEXT NOT NULL,    -- metric | list | segment
+    trigger_id TEXT NOT NULL,
+    definition TEXT NOT NULL,      -- JSON
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_account ON flows (account_id, id);
+CREATE INDEX IF NOT EXISTS flows_trigger ON flows (account_id, trigger_kind, trigger_id);
+CREATE TABLE IF NOT EXISTS flow_actions (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,          -- draft | manual | live | disabled
+    definition TEXT NOT NULL,      -- JSON
+    message_id TEXT UNIQUE,        -- its flow-message, for actions that send one
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_actions_flow ON flow_actions (account_id, flow_id, id);
 -- Every join and leave of a list or segment (flows enter on joins).
 CREATE TABLE IF NOT EXISTS membership_changes (
     id INTEGER PRIMARY KEY,
@@ -585,6 +616,64 @@ class SQLiteStore:
         )
         return [doc for _, doc, _ in self._all(sql, tuple(args))]
 
+    # -- flows -------------------------------------------------------------------------------
+
+    def add_flow(self, account_id: str, flow: FlowRow, actions: list[FlowActionRow]) -> bool:
+        statements = [(sql_reads.add_flow(_SQL), _flow_args(account_id, flow))]
+        statements += [(sql_reads.add_action(_SQL), _action_args(account_id, a)) for a in actions]
+        try:
+            self._run_all(statements)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _run_all(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Writes in one transaction, all or none; how many rows each changed."""
+        with self._lock, storage_errors:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._conn.execute(sql, args).rowcount for sql, args in statements]
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return counts
+
+    def flows(self, account_id: str, ids: list[str] | None = None) -> list[FlowRow]:
+        sql, args = sql_reads.flows(_SQL, account_id, ids)
+        return [sql_reads.flow_row(r) for r in self._all(sql, tuple(args))]
+
+    def update_flow(
+        self, account_id: str, flow_id: str, status: str, updated: str,
+        actions: list[FlowActionRow],
+    ) -> FlowRow | None:  # fmt: skip
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (sql_reads.update_flow(_SQL), (status, updated, flow_id, account_id))
+        ]
+        statements += [
+            (sql_reads.update_action(_SQL), (a.status, a.definition, updated, a.id, account_id))
+            for a in actions
+        ]
+        if not self._run_all(statements)[0]:
+            return None
+        found = self.flows(account_id, [flow_id])
+        return found[0] if found else None
+
+    def delete_flow(self, account_id: str, flow_id: str) -> bool:
+        counts = self._run_all([
+            ("DELETE FROM flow_actions WHERE account_id = ? AND flow_id = ?",
+             (account_id, flow_id)),
+            ("DELETE FROM flows WHERE account_id = ? AND id = ?", (account_id, flow_id)),
+        ])  # fmt: skip
+        return counts[1] == 1
+
+    def flow_actions(
+        self, account_id: str, flow_ids: list[str] | None = None, ids: list[str] | None = None,
+        message_ids: list[str] | None = None,
+    ) -> list[FlowActionRow]:  # fmt: skip
+        sql, args = sql_reads.flow_actions(_SQL, account_id, flow_ids, ids, message_ids)
+        return [sql_reads.action_row(r) for r in self._all(sql, tuple(args))]
+
     # -- test control ------------------------------------------------------------------------
 
     def clock_settings(self) -> dict[str, ClockSetting]:
@@ -604,3 +693,13 @@ class SQLiteStore:
         there is gone."""
         rows = self._all("SELECT seq FROM resets WHERE account_id = ?", (account_id,))
         return rows[0][0] if rows else 0
+
+
+def _flow_args(account_id: str, f: FlowRow) -> tuple[Any, ...]:
+    return (account_id, f.id, f.name, f.status, f.archived, f.trigger_type, *f.trigger,
+            f.definition, f.created, f.updated)  # fmt: skip
+
+
+def _action_args(account_id: str, a: FlowActionRow) -> tuple[Any, ...]:
+    return (account_id, a.id, a.flow_id, a.type, a.status, a.definition, a.message_id,
+            a.created, a.updated)  # fmt: skip

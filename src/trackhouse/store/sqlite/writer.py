@@ -30,7 +30,8 @@ from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
 # An account's data (members before their lists and segments: nothing else refers to those).
 TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments", "clocks")  # fmt: skip
+          "segment_members", "membership_changes", "lists", "segments", "flow_actions", "flows",
+          "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="?", number="rowid", array_params=False)
 
 

@@ -1,0 +1,620 @@
+"""Klaviyo's Flows API: POST/GET /api/flows, GET/PATCH/DELETE /api/flows/{id}, a flow's
+actions (`…/flow-actions`, `…/relationships/flow-actions`), GET /api/flow-actions/{id} with its
+flow and messages, GET /api/flow-messages/{id} with its action.
+
+A flow is written by the API process straight into the store, its definition checked strictly
+first (flows/definition.py: a 400 with a pointer into it), including what it names: the
+trigger's metric, list or segment, the lists of list-update actions and the metrics of its
+filters must be the account's. New actions' `temporary_id`s are replaced by ids of their own,
+and the answer to the create shows the definition with them. A flow created through the API
+starts as `draft` (design.md); PATCH sets the flow's status, and its actions' with it.
+
+Revisions: the Flows API's create, and `definition`, from 2025-01-15 (create_flow is stable
+from there); reading and PATCHing flows from the oldest revision served. Klaviyo's daily
+creation limit (100 a day) is off by default (design.md); TRACKHOUSE_DAILY_LIMITS turns it on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trackhouse.api import members
+from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
+from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
+from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
+from trackhouse.api.ratelimit import check_daily
+from trackhouse.flows.definition import (
+    MESSAGE_CHANNELS,
+    FlowDefinition,
+    FlowMetricCondition,
+    parse_flow_definition,
+    with_ids,
+)
+from trackhouse.ids import short_id
+from trackhouse.query.events import sparse
+from trackhouse.query.filters import Condition, FilterError, instant
+from trackhouse.segments.definition import DefinitionError, MetricCondition
+from trackhouse.store.base import FlowActionRow, FlowRow, ListQuery, SegmentQuery, Store
+
+FLOW_FIELDS = ("archived", "created", "id", "name", "status", "trigger_type", "updated")
+ACTION_FIELDS = ("created", "definition", "updated")
+MESSAGE_FIELDS = ("channel", "created", "definition", "updated")
+FLOW_SORTS = tuple(s for f in ("created", "id", "name", "status", "trigger_type", "updated")
+                   for s in (f, "-" + f))  # fmt: skip
+ACTION_SORTS = tuple(s for f in ("action_type", "created", "id", "status", "updated")
+                     for s in (f, "-" + f))  # fmt: skip
+PAGE = 50
+MAX_NAME = 1000
+CREATE = date(2025, 1, 15)  # create_flow and `definition`, stable from this revision
+STATUSES = ("draft", "manual", "live")
+POINTER = "/data/attributes/definition"
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class CreateAttributes(_Wire):
+    name: str
+    definition: dict[str, Any]
+
+
+class CreateData(_Wire):
+    type: Literal["flow"]
+    attributes: CreateAttributes
+
+
+class CreateQuery(_Wire):
+    data: CreateData
+
+
+class UpdateAttributes(_Wire):
+    status: str
+
+
+class UpdateData(_Wire):
+    type: Literal["flow"]
+    id: str
+    attributes: UpdateAttributes
+
+
+class UpdateQuery(_Wire):
+    data: UpdateData
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _not_found(what: str, found_id: str) -> APIError:
+    return APIError(404, "not_found", f"A {what} with id {found_id[:64]} does not exist.")
+
+
+# -- resources --------------------------------------------------------------------------------
+
+
+def _links(url: str, name: str) -> dict[str, str]:
+    return {"self": f"{url}/relationships/{name}", "related": f"{url}/{name}"}
+
+
+def flow_resource(
+    row: FlowRow, base: str, *, definition: bool = False,
+    actions: list[FlowActionRow] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    url = f"{base}/api/flows/{row.id}"
+    attributes: dict[str, Any] = {
+        "name": row.name,
+        "status": row.status,
+        "archived": row.archived,
+        "created": row.created,
+        "updated": row.updated,
+        "trigger_type": row.trigger_type,
+    }
+    if definition:
+        attributes["definition"] = msgspec.json.decode(row.definition)
+    relationships: dict[str, Any] = {
+        "flow-actions": {"links": _links(url, "flow-actions")},
+        "tags": {"links": _links(url, "tags")},
+    }
+    if actions is not None:
+        relationships["flow-actions"]["data"] = [
+            {"type": "flow-action", "id": a.id} for a in actions
+        ]
+        relationships["tags"]["data"] = []
+    return {"type": "flow", "id": row.id, "attributes": attributes,
+            "relationships": relationships, "links": {"self": url}}  # fmt: skip
+
+
+def action_resource(row: FlowActionRow, base: str) -> dict[str, Any]:
+    url = f"{base}/api/flow-actions/{row.id}"
+    return {
+        "type": "flow-action",
+        "id": row.id,
+        "attributes": {
+            "created": row.created,
+            "updated": row.updated,
+            "definition": msgspec.json.decode(row.definition),
+        },
+        "relationships": {
+            "flow": {"data": {"type": "flow", "id": row.flow_id}, "links": _links(url, "flow")},
+            "flow-messages": {
+                "data": [{"type": "flow-message", "id": row.message_id}] if row.message_id else [],
+                "links": _links(url, "flow-messages"),
+            },
+        },
+        "links": {"self": url},
+    }
+
+
+def message_resource(row: FlowActionRow, base: str) -> dict[str, Any]:
+    assert row.message_id is not None
+    url = f"{base}/api/flow-messages/{row.message_id}"
+    action = msgspec.json.decode(row.definition)
+    message = dict((action.get("data") or {}).get("message") or {})
+    message["id"] = row.message_id
+    return {
+        "type": "flow-message",
+        "id": row.message_id,
+        "attributes": {
+            "channel": MESSAGE_CHANNELS[row.type],
+            "created": row.created,
+            "updated": row.updated,
+            "definition": message,
+        },
+        "relationships": {
+            "flow-action": {
+                "data": {"type": "flow-action", "id": row.id},
+                "links": _links(url, "flow-action"),
+            },
+            "template": {"links": _links(url, "template")},
+        },
+        "links": {"self": url},
+    }
+
+
+# -- finding ----------------------------------------------------------------------------------
+
+
+def _flow(request: Request, caller: Caller, flow_id: str | None = None) -> FlowRow:
+    flow_id = flow_id or request.path_params["flow_id"]
+    rows = _store(request).flows(caller.account_id, [flow_id]) if members.valid_id(flow_id) else []
+    if not rows:
+        raise _not_found("flow", flow_id)
+    return rows[0]
+
+
+def _action(request: Request, caller: Caller) -> FlowActionRow:
+    action_id = request.path_params["action_id"]
+    rows = []
+    if members.valid_id(action_id):
+        rows = _store(request).flow_actions(caller.account_id, ids=[action_id])
+    if not rows:
+        raise _not_found("flow action", action_id)
+    return rows[0]
+
+
+def _message(request: Request, caller: Caller) -> FlowActionRow:
+    message_id = request.path_params["message_id"]
+    rows = []
+    if members.valid_id(message_id):
+        rows = _store(request).flow_actions(caller.account_id, message_ids=[message_id])
+    if not rows:
+        raise _not_found("flow message", message_id)
+    return rows[0]
+
+
+# -- create -----------------------------------------------------------------------------------
+
+
+def _metrics_named(definition: FlowDefinition) -> set[str]:
+    """The metrics of the definition's profile filters (profile-metric conditions)."""
+    found = set()
+    filters = [definition.profile_filter] + [a.filter for a in definition.actions]
+    filters += [f for a in definition.actions for _, f in a.branches]
+    for groups in filters:
+        for group in groups or ():
+            for c in group:
+                inner = c.condition if isinstance(c, FlowMetricCondition) else c
+                if isinstance(inner, MetricCondition):
+                    found.add(inner.metric_id)
+    return found
+
+
+def _check_references(store: Store, account_id: str, definition: FlowDefinition) -> None:
+    trigger = definition.trigger
+    at = POINTER + "/triggers/0/id"
+    if trigger.type == "metric" and not store.metrics(account_id, ids=[trigger.id]):
+        raise invalid(f"No metric with id {trigger.id[:64]} exists.", at)
+    if trigger.type == "list" and not store.lists(ListQuery(account_id, ids=[trigger.id])):
+        raise invalid(f"No list with id {trigger.id[:64]} exists.", at)
+    if trigger.type == "segment" and not store.segments(SegmentQuery(account_id, ids=[trigger.id])):
+        raise invalid(f"No segment with id {trigger.id[:64]} exists.", at)
+    for n, action in enumerate(definition.actions):
+        if action.type == "list-update":
+            list_id = action.raw["data"]["list_id"]
+            where = f"{POINTER}/actions/{n}/data/list_id"
+            exists = isinstance(list_id, str) and store.lists(ListQuery(account_id, ids=[list_id]))
+            if not exists:
+                raise invalid(f"No list with id {str(list_id)[:64]} exists.", where)
+    named = sorted(_metrics_named(definition))
+    if named:
+        known = {m.id for m in store.metrics(account_id, ids=named)}
+        for metric_id in named:
+            if metric_id not in known:
+                raise invalid(f"No metric with id {metric_id[:64]} exists (a profile-metric "
+                              "condition names it).", POINTER)  # fmt: skip
+
+
+def _name(name: str) -> str:
+    pointer = "/data/attributes/name"
+    if not name.strip():
+        raise invalid("The flow name must not be empty.", pointer)
+    if len(name) > MAX_NAME:
+        raise invalid(f"The flow name must be at most {MAX_NAME} characters.", pointer)
+    if "\x00" in name:
+        raise invalid("The flow name must not contain NUL characters.", pointer)
+    return name
+
+
+def _needs(caller: Caller, what: str) -> None:
+    if caller.day < CREATE:
+        raise APIError(400, "invalid", f"{what} needs revision {CREATE.isoformat()} or later.",
+                       parameter="revision")  # fmt: skip
+
+
+def _wants_definition(request: Request, caller: Caller) -> bool:
+    text = request.query_params.get("additional-fields[flow]")
+    if text is None:
+        return False
+    wanted = {f.strip() for f in text.split(",") if f.strip()}
+    if wanted - {"definition"}:
+        raise invalid_parameter("additional-fields[flow]",
+                                "'definition' is the only additional field of a flow.")  # fmt: skip
+    if wanted:
+        _needs(caller, "A flow's definition")
+    return bool(wanted)
+
+
+async def create_flow(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:write", endpoint_class="flow_create")
+    _needs(caller, "Creating a flow")
+    _wants_definition(request, caller)  # checked; the created flow's definition is answered
+    require_json_content_type(request)
+    attrs = decode_json(await read_body(request, 1 * MB), CreateQuery).data.attributes
+    name = _name(attrs.name)
+    try:
+        definition = parse_flow_definition(attrs.definition, POINTER)
+    except DefinitionError as exc:
+        raise invalid(f"Invalid definition: {exc.detail}.", exc.pointer) from None
+    store = _store(request)
+    _check_references(store, caller.account_id, definition)
+    limit = request.app.state.daily_limits.get("flow")
+    if limit is not None:
+        since = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(timespec="seconds")
+        created = [f.created for f in store.flows(caller.account_id) if f.created > since]
+        check_daily("flow", limit, created, time.time())
+    now = _now()
+    while True:  # a random id that is taken: draw all of them again
+        raw = with_ids(definition, short_id)
+        flow = FlowRow(short_id(), name, "draft", False, definition.trigger_type,
+                       (definition.trigger.type, definition.trigger.id),
+                       msgspec.json.encode(raw).decode(), now, now)  # fmt: skip
+        actions = [
+            FlowActionRow(
+                a.key,
+                flow.id,
+                a.type,
+                a.status,
+                msgspec.json.encode(a.raw).decode(),
+                short_id() if a.channel else None,
+                now,
+                now,
+            )
+            for a in definition.actions
+        ]
+        if store.add_flow(caller.account_id, flow, actions):
+            break
+        definition = parse_flow_definition(attrs.definition, POINTER)
+    resource = flow_resource(flow, base_url(request), definition=True)
+    fields = ListRequest.fields_of(request, "flow")
+    return jsonapi_response(201, {"data": sparse(resource, fields)}, caller.headers)
+
+
+# -- read -------------------------------------------------------------------------------------
+
+
+def _compare(c: Condition, value: Any, q: ListRequest) -> bool:
+    """Whether `value` (a flow's or action's attribute) meets the filter condition."""
+    if c.field in ("created", "updated"):
+        try:
+            wanted = instant(c.value)
+        except FilterError as exc:
+            raise q.bad_filter(str(exc)) from None
+        have = datetime.fromisoformat(value).timestamp()
+        return {
+            "equals": have == wanted, "greater-than": have > wanted,
+            "greater-or-equal": have >= wanted, "less-than": have < wanted,
+            "less-or-equal": have <= wanted,
+        }[c.op]  # fmt: skip
+    if c.op == "any":
+        return value in tuple(c.value)  # type: ignore[arg-type]
+    if c.field == "archived":
+        if not isinstance(c.value, bool):
+            raise q.bad_filter("archived must be compared with true or false")
+        return bool(value == c.value)
+    if not isinstance(c.value, str):
+        raise q.bad_filter(f"{c.field} must be compared with a string")
+    text, wanted_text = str(value), c.value
+    return {
+        "equals": text == wanted_text, "contains": wanted_text in text,
+        "starts-with": text.startswith(wanted_text), "ends-with": text.endswith(wanted_text),
+    }[c.op]  # fmt: skip
+
+
+def _filtered(
+    q: ListRequest, rows: list[Any], allowed: dict[str, tuple[str, ...]],
+    value: Callable[[Any, str], Any],
+) -> list[Any]:  # fmt: skip
+    for c in q.filters:
+        if c.op not in allowed.get(c.field, ()):
+            raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
+        rows = [r for r in rows if _compare(c, value(r, c.field), q)]
+    return rows
+
+
+_TIMES = ("equals", "greater-or-equal", "greater-than", "less-or-equal", "less-than")
+FLOW_FILTERS = {
+    "id": ("any",), "name": ("contains", "ends-with", "equals", "starts-with"),
+    "status": ("equals",), "archived": ("equals",), "created": _TIMES, "updated": _TIMES,
+    "trigger_type": ("equals",),
+}  # fmt: skip
+ACTION_FILTERS = {"id": ("any",), "action_type": ("any", "equals"), "status": ("equals",),
+                  "created": _TIMES, "updated": _TIMES}  # fmt: skip
+
+
+def _page(
+    request: Request, q: ListRequest, rows: list[Any], key: Callable[[Any, str], Any]
+) -> tuple[list[Any], Any]:
+    """The page of `rows` in `q.sort` order (ties by id) after the cursor, and the next one."""
+    sort = q.sort or "id"
+    field, descending = sort.lstrip("-"), sort.startswith("-")
+    rows = sorted(rows, key=lambda r: (key(r, field), r.id), reverse=descending)
+    after = q.cursor_value(list)
+    if after is not None:
+        if len(after) != 2 or not all(isinstance(v, str) for v in after):
+            raise invalid_parameter("page[cursor]", "Invalid cursor provided.")
+        mark = (after[0], after[1])
+        rows = [r for r in rows if ((key(r, field), r.id) < mark if descending
+                                    else (key(r, field), r.id) > mark)]  # fmt: skip
+    page = rows[: q.size]
+    more = len(rows) > q.size
+    return page, [str(key(page[-1], field)), page[-1].id] if more and page else None
+
+
+def _flow_value(row: FlowRow, field: str) -> Any:
+    return getattr(row, field)
+
+
+def _action_value(row: FlowActionRow, field: str) -> Any:
+    return row.type if field == "action_type" else getattr(row, field)
+
+
+async def get_flows(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    q = ListRequest.parse(request, default_size=PAGE, max_size=PAGE, sorts=FLOW_SORTS,
+                          includes=("flow-actions", "tags"),
+                          fields={"flow": FLOW_FIELDS, "flow-action": ACTION_FIELDS,
+                                  "tag": ("name",)})  # fmt: skip
+    store = _store(request)
+    rows = _filtered(q, store.flows(caller.account_id), FLOW_FILTERS, _flow_value)
+    page, next_value = _page(request, q, rows, _flow_value)
+    base = base_url(request)
+    actions: dict[str, list[FlowActionRow]] = {}
+    if "flow-actions" in q.include and page:
+        for a in store.flow_actions(caller.account_id, flow_ids=[f.id for f in page]):
+            actions.setdefault(a.flow_id, []).append(a)
+    included = bool(q.include)
+    document: dict[str, Any] = {
+        "data": [
+            sparse(flow_resource(f, base, actions=actions.get(f.id, []) if included else None),
+                   q.fields.get("flow"))
+            for f in page
+        ],
+        "links": page_links(request, next_value),
+    }  # fmt: skip
+    if included:
+        document["included"] = [sparse(action_resource(a, base), q.fields.get("flow-action"))
+                                for f in page for a in actions.get(f.id, [])]  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_flow(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    definition = _wants_definition(request, caller)
+    q = ListRequest.parse(request, default_size=1, max_size=1, includes=("flow-actions", "tags"),
+                          fields={"flow": (*FLOW_FIELDS, "definition"),
+                                  "flow-action": ACTION_FIELDS, "tag": ("name",)})  # fmt: skip
+    row = _flow(request, caller)
+    base = base_url(request)
+    actions = None
+    if q.include:
+        actions = _store(request).flow_actions(caller.account_id, flow_ids=[row.id])
+        if "flow-actions" not in q.include:
+            actions = []
+    resource = flow_resource(row, base, definition=definition, actions=actions)
+    document: dict[str, Any] = {"data": sparse(resource, q.fields.get("flow")),
+                                "links": {"self": str(request.url)}}  # fmt: skip
+    if actions is not None:
+        document["included"] = [sparse(action_resource(a, base), q.fields.get("flow-action"))
+                                for a in actions]  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def update_flow(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
+    require_json_content_type(request)
+    data = decode_json(await read_body(request, 64 * 1024), UpdateQuery).data
+    flow_id = request.path_params["flow_id"]
+    if data.id != flow_id:
+        raise APIError(409, "conflict", "The id in the body does not match the flow in the URL.",
+                       pointer="/data/id")  # fmt: skip
+    status = data.attributes.status
+    if status not in STATUSES:
+        raise invalid("status must be one of draft, manual, live.", "/data/attributes/status")
+    row = _flow(request, caller)
+    store = _store(request)
+    actions = []
+    for a in store.flow_actions(caller.account_id, flow_ids=[row.id]):
+        raw = msgspec.json.decode(a.definition)
+        if isinstance(raw.get("data"), dict) and "status" in raw["data"]:
+            raw["data"]["status"] = status
+        actions.append(FlowActionRow(a.id, a.flow_id, a.type, status,
+                                     msgspec.json.encode(raw).decode(), a.message_id, a.created,
+                                     a.updated))  # fmt: skip
+    updated = store.update_flow(caller.account_id, row.id, status, _now(), actions)
+    if updated is None:
+        raise _not_found("flow", flow_id)
+    resource = flow_resource(updated, base_url(request))
+    fields = ListRequest.fields_of(request, "flow")
+    return jsonapi_response(200, {"data": sparse(resource, fields)}, caller.headers)
+
+
+async def delete_flow(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
+    row = _flow(request, caller)
+    if not _store(request).delete_flow(caller.account_id, row.id):
+        raise _not_found("flow", row.id)
+    return jsonapi_response(204, None, caller.headers)
+
+
+# -- actions and messages ---------------------------------------------------------------------
+
+
+def _flow_actions_page(request: Request, caller: Caller) -> tuple[list[FlowActionRow], Any]:
+    q = ListRequest.parse(request, default_size=PAGE, max_size=PAGE, sorts=ACTION_SORTS,
+                          fields={"flow-action": ACTION_FIELDS})  # fmt: skip
+    row = _flow(request, caller)
+    rows = _store(request).flow_actions(caller.account_id, flow_ids=[row.id])
+    rows = _filtered(q, rows, ACTION_FILTERS, _action_value)
+    return _page(request, q, rows, _action_value)
+
+
+async def get_flow_actions(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    page, next_value = _flow_actions_page(request, caller)
+    base, fields = base_url(request), ListRequest.fields_of(request, "flow-action")
+    document = {"data": [sparse(action_resource(a, base), fields) for a in page],
+                "links": page_links(request, next_value)}  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_flow_action_ids(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    page, next_value = _flow_actions_page(request, caller)
+    document = {"data": [{"type": "flow-action", "id": a.id} for a in page],
+                "links": page_links(request, next_value)}  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_flow_action(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    q = ListRequest.parse(request, default_size=1, max_size=1, includes=("flow", "flow-messages"),
+                          fields={"flow-action": ACTION_FIELDS, "flow": FLOW_FIELDS,
+                                  "flow-message": MESSAGE_FIELDS})  # fmt: skip
+    row = _action(request, caller)
+    base = base_url(request)
+    document: dict[str, Any] = {
+        "data": sparse(action_resource(row, base), q.fields.get("flow-action")),
+        "links": {"self": str(request.url)},
+    }
+    if q.include:
+        included = []
+        if "flow" in q.include:
+            flow = _flow(request, caller, row.flow_id)
+            included.append(sparse(flow_resource(flow, base), q.fields.get("flow")))
+        if "flow-messages" in q.include and row.message_id:
+            included.append(sparse(message_resource(row, base), q.fields.get("flow-message")))
+        document["included"] = included
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_action_flow(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    row = _action(request, caller)
+    flow = _flow(request, caller, row.flow_id)
+    fields = ListRequest.fields_of(request, "flow")
+    document = {"data": sparse(flow_resource(flow, base_url(request)), fields),
+                "links": {"self": str(request.url)}}  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_action_flow_id(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    row = _action(request, caller)
+    document = {"data": {"type": "flow", "id": row.flow_id}, "links": {"self": str(request.url)}}
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_action_messages(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    ListRequest.parse(request, default_size=PAGE, max_size=PAGE,
+                      fields={"flow-message": MESSAGE_FIELDS})  # fmt: skip
+    row = _action(request, caller)
+    fields = ListRequest.fields_of(request, "flow-message")
+    data = [sparse(message_resource(row, base_url(request)), fields)] if row.message_id else []
+    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}},
+                            caller.headers)  # fmt: skip
+
+
+async def get_action_message_ids(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    row = _action(request, caller)
+    data = [{"type": "flow-message", "id": row.message_id}] if row.message_id else []
+    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}},
+                            caller.headers)  # fmt: skip
+
+
+async def get_flow_message(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    q = ListRequest.parse(request, default_size=1, max_size=1, includes=("flow-action",),
+                          fields={"flow-message": MESSAGE_FIELDS,
+                                  "flow-action": ACTION_FIELDS})  # fmt: skip
+    row = _message(request, caller)
+    base = base_url(request)
+    document: dict[str, Any] = {
+        "data": sparse(message_resource(row, base), q.fields.get("flow-message")),
+        "links": {"self": str(request.url)},
+    }
+    if q.include:
+        document["included"] = [sparse(action_resource(row, base), q.fields.get("flow-action"))]
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_message_action(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    row = _message(request, caller)
+    fields = ListRequest.fields_of(request, "flow-action")
+    document = {"data": sparse(action_resource(row, base_url(request)), fields),
+                "links": {"self": str(request.url)}}  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
+
+
+async def get_message_action_id(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
+    row = _message(request, caller)
+    document = {"data": {"type": "flow-action", "id": row.id},
+                "links": {"self": str(request.url)}}  # fmt: skip
+    return jsonapi_response(200, document, caller.headers)
