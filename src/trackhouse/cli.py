@@ -190,7 +190,8 @@ def _announce(first, settings) -> None:
         click.echo("  private key: the one in TRACKHOUSE_PRIVATE_KEY")
     elif first.private_key:
         click.echo(f"  private key: {first.private_key}   (shown once; stored hashed)")
-        click.echo(f"  admin key:   {first.admin_key}   (test control: /admin/wait, /admin/reset)")
+        control = "/admin/wait, /admin/reset, /admin/clock"
+        click.echo(f"  admin key:   {first.admin_key}   (test control: {control})")
     else:
         click.echo("  private key: created on first start; `trackhouse keys create` makes another")
     limits = "off" if settings.rate_limits is None else "on"

@@ -196,24 +196,20 @@ def _flow(request: Request, caller: Caller, flow_id: str | None = None) -> FlowR
     return rows[0]
 
 
-def _action(request: Request, caller: Caller) -> FlowActionRow:
-    action_id = request.path_params["action_id"]
+def _action(request: Request, caller: Caller, by_message: bool = False) -> FlowActionRow:
+    """The action of the path's `action_id` (or, `by_message`, of its `message_id`)."""
+    found_id = request.path_params["message_id" if by_message else "action_id"]
     rows = []
-    if members.valid_id(action_id):
-        rows = _store(request).flow_actions(caller.account_id, ids=[action_id])
+    if members.valid_id(found_id):
+        key = "message_ids" if by_message else "ids"
+        rows = _store(request).flow_actions(caller.account_id, **{key: [found_id]})
     if not rows:
-        raise _not_found("flow action", action_id)
+        raise _not_found("flow message" if by_message else "flow action", found_id)
     return rows[0]
 
 
 def _message(request: Request, caller: Caller) -> FlowActionRow:
-    message_id = request.path_params["message_id"]
-    rows = []
-    if members.valid_id(message_id):
-        rows = _store(request).flow_actions(caller.account_id, message_ids=[message_id])
-    if not rows:
-        raise _not_found("flow message", message_id)
-    return rows[0]
+    return _action(request, caller, by_message=True)
 
 
 # -- create -----------------------------------------------------------------------------------

@@ -477,14 +477,48 @@ def flow_actions(
     return sql + " ORDER BY id", args
 
 
-def update_flow(d: Dialect) -> str:
-    p = d.param
-    return f"UPDATE flows SET status = {p}, updated = {p} WHERE id = {p} AND account_id = {p}"
+Statements = list[tuple[str, tuple[Any, ...]]]
 
 
-def update_action(d: Dialect) -> str:
+def add_flow_statements(
+    d: Dialect, account_id: str, f: FlowRow, actions: list[FlowActionRow]
+) -> Statements:
+    """A new flow and its actions (run in one transaction)."""
+    flow = (account_id, f.id, f.name, f.status, f.archived, f.trigger_type, *f.trigger,
+            f.definition, f.created, f.updated)  # fmt: skip
+    found: Statements = [(add_flow(d), flow)]
+    for a in actions:
+        action = (account_id, a.id, a.flow_id, a.type, a.status, a.definition, a.message_id,
+                  a.created, a.updated)  # fmt: skip
+        found.append((add_action(d), action))
+    return found
+
+
+def flow_status_statements(
+    d: Dialect, account_id: str, flow_id: str, status: str, updated: str,
+    actions: list[FlowActionRow],
+) -> Statements:  # fmt: skip
+    """The flow's status (the first statement, which changes one row if the flow is there),
+    and its actions' as they are now."""
     p = d.param
-    return (
-        f"UPDATE flow_actions SET status = {p}, definition = {p}, updated = {p}"
-        f" WHERE id = {p} AND account_id = {p}"
-    )
+    found: Statements = [(
+        f"UPDATE flows SET status = {p}, updated = {p} WHERE id = {p} AND account_id = {p}",
+        (status, updated, flow_id, account_id),
+    )]  # fmt: skip
+    for a in actions:
+        found.append((
+            f"UPDATE flow_actions SET status = {p}, definition = {p}, updated = {p}"
+            f" WHERE id = {p} AND account_id = {p}",
+            (a.status, a.definition, updated, a.id, account_id),
+        ))  # fmt: skip
+    return found
+
+
+def delete_flow_statements(d: Dialect, account_id: str, flow_id: str) -> Statements:
+    """The flow's actions, then the flow (the last statement: one row if it was there)."""
+    p = d.param
+    where = (account_id, flow_id)
+    return [
+        (f"DELETE FROM flow_actions WHERE account_id = {p} AND flow_id = {p}", where),
+        (f"DELETE FROM flows WHERE account_id = {p} AND id = {p}", where),
+    ]

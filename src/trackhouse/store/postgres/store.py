@@ -271,8 +271,7 @@ class PostgresStore:
     # -- flows -------------------------------------------------------------------------------
 
     def add_flow(self, account_id: str, flow: FlowRow, actions: list[FlowActionRow]) -> bool:
-        statements = [(sql_reads.add_flow(_SQL), _flow_args(account_id, flow))]
-        statements += [(sql_reads.add_action(_SQL), _action_args(account_id, a)) for a in actions]
+        statements = sql_reads.add_flow_statements(_SQL, account_id, flow, actions)
         try:
             self.db.run_all(statements)
         except psycopg.errors.UniqueViolation:
@@ -287,25 +286,15 @@ class PostgresStore:
         self, account_id: str, flow_id: str, status: str, updated: str,
         actions: list[FlowActionRow],
     ) -> FlowRow | None:  # fmt: skip
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (sql_reads.update_flow(_SQL), (status, updated, flow_id, account_id))
-        ]
-        statements += [
-            (sql_reads.update_action(_SQL), (a.status, a.definition, updated, a.id, account_id))
-            for a in actions
-        ]
+        statements = sql_reads.flow_status_statements(_SQL, account_id, flow_id, status,
+                                                      updated, actions)  # fmt: skip
         if not self.db.run_all(statements)[0]:
             return None
         found = self.flows(account_id, [flow_id])
         return found[0] if found else None
 
     def delete_flow(self, account_id: str, flow_id: str) -> bool:
-        counts = self.db.run_all([
-            ("DELETE FROM flow_actions WHERE account_id = %s AND flow_id = %s",
-             (account_id, flow_id)),
-            ("DELETE FROM flows WHERE account_id = %s AND id = %s", (account_id, flow_id)),
-        ])  # fmt: skip
-        return counts[1] == 1
+        return self.db.run_all(sql_reads.delete_flow_statements(_SQL, account_id, flow_id))[-1] == 1
 
     def flow_actions(
         self, account_id: str, flow_ids: list[str] | None = None, ids: list[str] | None = None,
@@ -393,13 +382,3 @@ def _lock_timeout(conn: Any, deadline: float) -> None:
     ms = max(1, int((deadline - time.monotonic()) * 1000))
     conn.execute(f"SET lock_timeout = {ms}")
     conn.commit()
-
-
-def _flow_args(account_id: str, f: FlowRow) -> tuple[Any, ...]:
-    return (account_id, f.id, f.name, f.status, f.archived, f.trigger_type, *f.trigger,
-            f.definition, f.created, f.updated)  # fmt: skip
-
-
-def _action_args(account_id: str, a: FlowActionRow) -> tuple[Any, ...]:
-    return (account_id, a.id, a.flow_id, a.type, a.status, a.definition, a.message_id,
-            a.created, a.updated)  # fmt: skip

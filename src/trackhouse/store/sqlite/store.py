@@ -619,8 +619,7 @@ class SQLiteStore:
     # -- flows -------------------------------------------------------------------------------
 
     def add_flow(self, account_id: str, flow: FlowRow, actions: list[FlowActionRow]) -> bool:
-        statements = [(sql_reads.add_flow(_SQL), _flow_args(account_id, flow))]
-        statements += [(sql_reads.add_action(_SQL), _action_args(account_id, a)) for a in actions]
+        statements = sql_reads.add_flow_statements(_SQL, account_id, flow, actions)
         try:
             self._run_all(statements)
         except sqlite3.IntegrityError:
@@ -647,25 +646,15 @@ class SQLiteStore:
         self, account_id: str, flow_id: str, status: str, updated: str,
         actions: list[FlowActionRow],
     ) -> FlowRow | None:  # fmt: skip
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (sql_reads.update_flow(_SQL), (status, updated, flow_id, account_id))
-        ]
-        statements += [
-            (sql_reads.update_action(_SQL), (a.status, a.definition, updated, a.id, account_id))
-            for a in actions
-        ]
+        statements = sql_reads.flow_status_statements(_SQL, account_id, flow_id, status,
+                                                      updated, actions)  # fmt: skip
         if not self._run_all(statements)[0]:
             return None
         found = self.flows(account_id, [flow_id])
         return found[0] if found else None
 
     def delete_flow(self, account_id: str, flow_id: str) -> bool:
-        counts = self._run_all([
-            ("DELETE FROM flow_actions WHERE account_id = ? AND flow_id = ?",
-             (account_id, flow_id)),
-            ("DELETE FROM flows WHERE account_id = ? AND id = ?", (account_id, flow_id)),
-        ])  # fmt: skip
-        return counts[1] == 1
+        return self._run_all(sql_reads.delete_flow_statements(_SQL, account_id, flow_id))[-1] == 1
 
     def flow_actions(
         self, account_id: str, flow_ids: list[str] | None = None, ids: list[str] | None = None,
@@ -693,13 +682,3 @@ class SQLiteStore:
         there is gone."""
         rows = self._all("SELECT seq FROM resets WHERE account_id = ?", (account_id,))
         return rows[0][0] if rows else 0
-
-
-def _flow_args(account_id: str, f: FlowRow) -> tuple[Any, ...]:
-    return (account_id, f.id, f.name, f.status, f.archived, f.trigger_type, *f.trigger,
-            f.definition, f.created, f.updated)  # fmt: skip
-
-
-def _action_args(account_id: str, a: FlowActionRow) -> tuple[Any, ...]:
-    return (account_id, a.id, a.flow_id, a.type, a.status, a.definition, a.message_id,
-            a.created, a.updated)  # fmt: skip
