@@ -20,6 +20,7 @@ from trackhouse.clock import REAL_TIME
 from trackhouse.store import ResetElsewhere
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Store
+from trackhouse.store.flows import FlowRunReads
 
 MAX_WAIT_SECONDS = 300.0
 
@@ -42,7 +43,8 @@ def _behind(heads: dict[int, int], positions: dict[int, int]) -> bool:
 
 async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
     """Wait until everything committed to the log when called — by any API process — is
-    processed, in every partition, and no segment's members are still being computed;
+    processed, in every partition, no segment's members are still being computed and no flow
+    step that is due waits to run;
     (position, head) summed over the partitions."""
     store: Store = request.app.state.store
     heads = await asyncio.to_thread(event_log(request).heads)
@@ -70,6 +72,20 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
                 503,
                 "service_unavailable",
                 f"The members of {pending} segment(s) are still being computed.",
+                headers={"Retry-After": "1"},
+            )
+        await asyncio.sleep(0.01)
+    reads = request.app.state.store
+    while isinstance(reads, FlowRunReads) and (
+        due := await asyncio.to_thread(reads.steps_due_now, time.time())
+    ):
+        if processor is not None:
+            processor.wake.set()
+        if time.monotonic() >= deadline:
+            raise APIError(
+                503,
+                "service_unavailable",
+                f"{due} flow step(s) that are due have not run yet.",
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)

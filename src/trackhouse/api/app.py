@@ -21,6 +21,7 @@ from trackhouse.api import (
     cors,
     event_reads,
     events,
+    flow_admin,
     flows,
     legacy,
     lists,
@@ -132,6 +133,9 @@ ROUTES: list[Route] = [
     Route("/admin/clock", clock.get_clock, methods=["GET"]),
     Route("/admin/clock", clock.set_clock, methods=["POST"]),
     Route("/admin/clock/advance", clock.advance_clock, methods=["POST"]),
+    Route("/admin/flow-runs", flow_admin.get_flow_runs, methods=["GET"]),
+    Route("/admin/outbox", flow_admin.get_outbox, methods=["GET"]),
+    Route("/admin/outbox", flow_admin.delete_outbox, methods=["DELETE"]),
 ]
 
 

@@ -26,6 +26,7 @@ from trackhouse.api.accept import (
 )
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.flow_admin import decisions_of
 from trackhouse.api.revision import (
     BULK_CREATE_JOBS_SINCE,
     CLIENT_BULK_CREATE_SINCE,
@@ -35,7 +36,7 @@ from trackhouse.api.wire import BulkGroup, BulkJobCreate, ClientBulkCreate
 from trackhouse.ids import new_ulid
 from trackhouse.log import BulkJob
 from trackhouse.model import Event, ProfileChange, Submission
-from trackhouse.store.base import OUTCOMES, Outcome
+from trackhouse.store.base import OUTCOMES, Outcome, event_id
 
 MAX_BODY = 5 * MB
 MAX_EVENTS = 1000
@@ -105,6 +106,19 @@ def rejected_events(job: BulkJob, outcomes: list[Outcome]) -> list[dict[str, str
     ]
 
 
+def flow_decisions(request: Request, job: BulkJob, outcomes: list[Outcome]) -> list[dict]:
+    """What each flow the job's stored events could trigger decided, event by event."""
+    if not outcomes:
+        return []
+    decided = decisions_of(request, job.account_id, outcomes)
+    return [
+        {"event_id": event_id(o.event_number), **d}
+        for o in outcomes
+        if o.event_number is not None and o.outcome == "stored"
+        for d in decided.get((o.seq, o.idx), [])
+    ]
+
+
 def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dict:
     """The job, with what processing made of its events so far."""
     url = absolute_url(request, f"/api/event-bulk-create-jobs/{job.id}")
@@ -123,6 +137,7 @@ def job_document(request: Request, job: BulkJob, outcomes: list[Outcome]) -> dic
                 "failed_count": counts["rejected"],
                 "outcomes": {name: counts[name] for name in OUTCOMES},
                 "rejected_events": rejected_events(job, outcomes),
+                "flow_decisions": flow_decisions(request, job, outcomes),
             },
             "links": {"self": url},
         },

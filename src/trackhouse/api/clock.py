@@ -7,9 +7,10 @@ clocks are set.
   false}` sets it running from there.
 - `POST /admin/clock/advance` with `{"seconds": N}` or `{"to": ISO 8601}` first waits for
   processing as `/admin/wait` does, then moves now by exactly that much (a running clock goes
-  on running from there) and runs what falls due on the way, in time order: today, the
-  segments whose definitions are relative to now are computed again (with the cause "time"),
-  and waited for. It answers with the clock and what ran.
+  on running from there) and runs what falls due on the way, in time order: the flow steps
+  due by then (each as of its own due time, flows/runner.py), then the segments whose
+  definitions are relative to now are computed again (with the cause "time"); all waited for.
+  It answers with the clock and what ran (at most 1,000 flow steps listed).
 
 The clock only goes forward through `advance`; `POST /admin/clock` may set any instant from
 1970 to 3000 (every date computed from now stays far from the calendar's ends).
@@ -31,13 +32,15 @@ from trackhouse.api import auth
 from trackhouse.api.accept import accounts
 from trackhouse.api.admin import caught_up, timeout_param
 from trackhouse.api.body import decode_json, read_body, require_json_content_type
-from trackhouse.api.errors import invalid
+from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.flow_admin import flow_reads
 from trackhouse.api.segments import restart_relative
 from trackhouse.clock import EARLIEST, LATEST, REAL_TIME, Clocks, ClockSetting, iso
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Store
 
 MAX_BODY = 4096
+MAX_RAN = 1000  # flow steps listed in an advance's answer
 
 
 class _Wire(msgspec.Struct, forbid_unknown_fields=True):
@@ -149,11 +152,37 @@ async def advance_clock(request: Request) -> Response:
     else:
         setting = ClockSetting(None, before.offset + (target - start))
     await asyncio.to_thread(_store_setting, request, account_id, setting)
+    await _steps_done(request, account_id, target, deadline)
     store: Store = request.app.state.store
     restarted = await asyncio.to_thread(restart_relative, store, account_id)
+    await _steps_done(request, account_id, target, deadline)
+    steps = await asyncio.to_thread(flow_reads(request).steps_ran, account_id, start, target,
+                                    MAX_RAN)  # fmt: skip
     ran: list[dict[str, Any]] = [
-        {"type": "segment-computation", "id": segment_id, "at": iso(target)}
-        for segment_id in restarted
-    ]
-    await caught_up(request, max(0.0, deadline - time.monotonic()))
+        {"type": "flow-step", "id": str(s.id), "at": iso(s.ran_at or target), "run_id": s.run_id,
+         "action_id": s.action_id, "outcome": s.outcome}
+        for s in steps
+    ]  # fmt: skip
+    ran += [{"type": "segment-computation", "id": segment_id, "at": iso(target)}
+            for segment_id in restarted]  # fmt: skip
     return _answer(setting, {"from": iso(start), "ran": ran})
+
+
+async def _steps_done(request: Request, account_id: str, until: float, deadline: float) -> None:
+    """Wait until processing has caught up and no flow step of the account is due by
+    `until` (steps run by processing, which their effects may give more to do)."""
+    reads = flow_reads(request)
+    processor = request.app.state.processor
+    while True:
+        await caught_up(request, max(0.0, deadline - time.monotonic()))
+        due = await asyncio.to_thread(reads.steps_due, account_id, until)
+        if not due:
+            return
+        if processor is not None:
+            processor.wake.set()
+            processor.hurry.set()
+        if time.monotonic() >= deadline:
+            raise APIError(503, "service_unavailable",
+                           f"{due} flow step(s) due by the new time have not run yet.",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        await asyncio.sleep(0.01)

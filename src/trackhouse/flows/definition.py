@@ -148,6 +148,12 @@ class FlowDefinition:
     def trigger_type(self) -> str:
         return TRIGGER_TYPES[self.trigger.type]
 
+    def action(self, key: str) -> Action | None:
+        for action in self.actions:
+            if action.key == key:
+                return action
+        return None
+
     def named(self) -> dict[str, set[str]]:
         """What the definition names in the account: metrics, lists, segments."""
         found: dict[str, set[str]] = {"metric": set(), "list": set(), "segment": set()}

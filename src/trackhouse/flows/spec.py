@@ -14,8 +14,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft7Validator  # type: ignore[import-untyped]
-from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
 
 _DROPPED = {"description", "example", "readOnly", "writeOnly", "title", "deprecated", "format"}
 MAX_MESSAGE = 300

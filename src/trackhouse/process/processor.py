@@ -28,6 +28,8 @@ from typing import Any
 import msgspec
 
 from trackhouse.clock import Clocks
+from trackhouse.flows.entry import Entry, Flows
+from trackhouse.flows.runner import Runner
 from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
@@ -44,6 +46,7 @@ from trackhouse.store.base import (
     event_id,
     pack_results,
 )
+from trackhouse.store.flows import FlowRunWrites
 
 logger = logging.getLogger("trackhouse.process")
 
@@ -62,6 +65,8 @@ STORE_BUSY_SECONDS = 30.0  # as the store's connections are opened (store/sqlite
 LOG_RETENTION_SECONDS = float(os.environ.get("TRACKHOUSE_LOG_RETENTION", 86400))
 # Segments relative to now are computed again this often (process/membership.py).
 SEGMENT_SWEEP_SECONDS = float(os.environ.get("TRACKHOUSE_SEGMENT_SWEEP", 3600))
+# Flow steps run in transactions of at most this many (flows/runner.py).
+FLOW_STEPS = 200
 # A batch that lost a race with another worker (StoreConflict) is redone at once, this often.
 CONFLICT_RETRIES = 20
 _json = msgspec.json.Encoder()
@@ -92,6 +97,12 @@ class Processor:
         # times a batch): set through /admin/clock by any API process.
         self.clocks = Clocks(self.store.clock_settings, ttl=0.0)
         self.membership = Membership(self.store, self.book, clock or self.clocks.moment)
+        # Flows: entered as events are stored, their steps run between batches (flows/).
+        runs = self.store
+        assert isinstance(runs, FlowRunWrites)
+        self.flows = Flows(runs)
+        self.entry = Entry(self.store, runs, self.book, self.flows, clock or self.clocks.moment)
+        self.runner = Runner(self.store, runs, self.book, self.flows)
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
@@ -138,6 +149,7 @@ class Processor:
                 # Segments' background computations: a page between batches while busy,
                 # page after page while the log is caught up.
                 self.compute_segments(1 if processed else 1_000_000)
+                self.run_flows(1 if processed else 1_000)
             except Exception as exc:
                 logger.exception("processing stalled at log position %d; retrying", self.position)
                 self.last_error = repr(exc)
@@ -189,6 +201,32 @@ class Processor:
             if not n or (pages > 1 and self.wake.is_set()):
                 break
         return evaluated
+
+    def run_flows(self, rounds: int) -> int:
+        """Up to `rounds` transactions of due flow steps; how many steps ran."""
+        ran = 0
+        for _ in range(rounds):
+            with self.lock:
+                n = self._run_flows()
+            ran += n
+            if n < FLOW_STEPS:
+                break
+        return ran
+
+    def _run_flows(self) -> int:
+        self._list_changes = []
+        touched: dict[str, set[str]] = {}
+        try:
+            with self.store.transaction():
+                n = self.runner.run_due(FLOW_STEPS, touched, self._list_changes)
+                if n:
+                    self.book.flush()
+                    self.membership.apply(touched, self._list_changes)
+        except BaseException:
+            self.forget()
+            raise
+        self.membership.committed()
+        return n
 
     def _run_once(self, partition: int, max_entries: int) -> int:
         for attempt in range(CONFLICT_RETRIES):
@@ -261,6 +299,8 @@ class Processor:
                 outcomes = apply(entries)
                 self.book.flush()
                 self.membership.apply(_touched(outcomes), self._list_changes, self._stored)
+                if self._stored:
+                    self.entry.enter(self._stored)
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:

@@ -290,6 +290,11 @@ _SCALARS = (str, int, float, bool, type(None))
 MEMO_SIZE = 4096  # answers a metric filter remembers
 
 
+def event_value_passes(f: Filter, value: Any, now: datetime) -> bool:
+    """Whether an event's property value passes a filter (a flow's trigger filter)."""
+    return _event_passes(f, value, now)
+
+
 def _event_property_passes(f: Filter, value: Any, now: datetime) -> bool:
     """`_event_passes`, remembered for scalar values (metric filters do not read the clock:
     dates are not an event property filter)."""

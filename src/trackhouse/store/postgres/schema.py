@@ -14,15 +14,19 @@ import uuid
 
 import psycopg
 
+from trackhouse.store.flows import POSTGRES_SCHEMA
+
 logger = logging.getLogger("trackhouse.store")
 
-SCHEMA_VERSION = "4"  # 3: lists and list_members; 4: segments, their members, changes
+SCHEMA_VERSION = "5"  # 3: lists and list_members; 4: segments, their members, changes;
+# 5: clocks, flows and their actions, flow runs, steps, decisions and the outbox
 # The log's partitions: entries are spread over them by account and person, and each is
 # processed in order by one worker at a time. More partitions than workers lets work be
 # shared out evenly; the count is fixed when the schema is created.
 DEFAULT_PARTITIONS = 16
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS trackhouse_meta (
     key text COLLATE "C" PRIMARY KEY,
     value text COLLATE "C" NOT NULL
@@ -256,6 +260,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at text COLLATE "C"
 );
 """
+    + POSTGRES_SCHEMA
+)
 
 
 def _current(conn: psycopg.Connection) -> int | None:

@@ -17,6 +17,7 @@ import psycopg
 from trackhouse.clock import ClockSetting
 from trackhouse.log import EventLog
 from trackhouse.store import StoreUnavailable
+from trackhouse.store import flows as flow_runs
 from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
     GROUP_TABLES,
@@ -59,11 +60,19 @@ def _event(row: tuple[Any, ...]) -> EventRow:
     )  # fmt: skip
 
 
-class PostgresStore:
+class PostgresStore(flow_runs.FlowRunReads):
+    _flow_sql = _SQL
+
     def __init__(self, url: str, partitions: int) -> None:
         self.url = url
         self.partitions = partitions
         self.db = Reader(url)
+
+    def _query(self, sql: str, args: tuple[Any, ...] | list[Any]) -> list[tuple]:
+        return self.db.all(sql, args)
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        return self.db.run(sql, args)
 
     def writer(self) -> PostgresWriter:
         return PostgresWriter(self.url)

@@ -19,6 +19,7 @@ import psycopg
 
 from trackhouse.clock import ClockSetting
 from trackhouse.store import ProcessingFenced, ProcessingHeld, StoreConflict
+from trackhouse.store import flows as flow_runs
 from trackhouse.store import sql as sql_writes
 from trackhouse.store.base import (
     EventInsert,
@@ -36,9 +37,9 @@ _CEILING = (
     " AND expires > extract(epoch FROM clock_timestamp())"
 )
 # An account's data (members before their lists and segments: nothing else refers to those).
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments", "flow_actions", "flows",
-          "clocks")  # fmt: skip
+TABLES = (*flow_runs.TABLES, "events", "profiles", "identifiers", "metrics", "outcomes",
+          "list_members", "segment_members", "membership_changes", "lists", "segments",
+          "flow_actions", "flows", "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="%s", number="number", array_params=True)
 # A batch's events, COPYed in before they are inserted; emptied by each commit.
 _STAGING = (
@@ -77,7 +78,9 @@ def _columns(rows: list[tuple[str, str, str, str]]) -> tuple[list, list, list, l
     )  # fmt: skip
 
 
-class PostgresWriter:
+class PostgresWriter(flow_runs.FlowRunWrites):
+    _flow_sql = _SQL
+    _skip_locked = " FOR UPDATE OF s SKIP LOCKED"  # workers share the steps
     shared = True  # other workers write too: nothing read is kept past its transaction
 
     def __init__(self, url: str) -> None:

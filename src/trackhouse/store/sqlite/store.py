@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from trackhouse.clock import ClockSetting
 from trackhouse.identifiers import email_key
+from trackhouse.store import flows as flow_runs
 from trackhouse.store import sql as sql_reads
 from trackhouse.store.base import (
     GROUP_TABLES,
@@ -294,13 +295,15 @@ class ProcessingClaim:
             self._file.close()  # closing the file drops the lock
 
 
-class SQLiteStore:
+class SQLiteStore(flow_runs.FlowRunReads):
     """Read access for the API; the processor opens its own writer (`writer()`)."""
+
+    _flow_sql = _SQL
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = connect(path)
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(SCHEMA + flow_runs.SQLITE_SCHEMA)
         self._lock = threading.Lock()
         self._add_job_group()
         self._rekey_emails()
@@ -494,6 +497,12 @@ class SQLiteStore:
     def _run(self, sql: str, args: tuple[Any, ...]) -> int:
         with self._lock, storage_errors:
             return self._conn.execute(sql, args).rowcount
+
+    def _query(self, sql: str, args: tuple[Any, ...] | list[Any]) -> list[tuple]:
+        return self._all(sql, tuple(args))
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        return self._run(sql, args)
 
     def add_list(self, account_id: str, row: ListRow) -> bool:
         args = (row.id, account_id, row.name, row.opt_in_process, row.created, row.updated)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from trackhouse.clock import ClockSetting
 from trackhouse.store import ProcessingFenced
+from trackhouse.store import flows as flow_runs
 from trackhouse.store import sql as sql_writes
 from trackhouse.store.base import (
     EventInsert,
@@ -29,13 +30,15 @@ from trackhouse.store.sqlite.store import POSITION, connect
 from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
 # An account's data (members before their lists and segments: nothing else refers to those).
-TABLES = ("events", "profiles", "identifiers", "metrics", "outcomes", "list_members",
-          "segment_members", "membership_changes", "lists", "segments", "flow_actions", "flows",
-          "clocks")  # fmt: skip
+TABLES = (*flow_runs.TABLES, "events", "profiles", "identifiers", "metrics", "outcomes",
+          "list_members", "segment_members", "membership_changes", "lists", "segments",
+          "flow_actions", "flows", "clocks")  # fmt: skip
 _SQL = sql_writes.Dialect(param="?", number="rowid", array_params=False)
 
 
-class SQLiteWriter:
+class SQLiteWriter(flow_runs.FlowRunWrites):
+    _flow_sql = _SQL
+    _skip_locked = ""  # one processor per store
     shared = False  # one processor per store (ProcessingClaim): what it read stays true
 
     def __init__(self, path: Path) -> None:
@@ -193,6 +196,10 @@ class SQLiteWriter:
     def _rows(self, sql: str, args: list | tuple) -> list[tuple]:
         with _storage_errors:
             return self.conn.execute(sql, args).fetchall()
+
+    def _run(self, sql: str, args: list | tuple) -> int:
+        with _storage_errors:
+            return self.conn.execute(sql, args).rowcount
 
     def clock_settings(self) -> dict[str, ClockSetting]:
         return sql_writes.clock_settings(self._rows(sql_writes.CLOCK_SETTINGS, ()))
