@@ -1,14 +1,19 @@
-"""Flows running (flows/entry.py, flows/runner.py) on both backends, with the clock under the
-test's control: an abandoned-cart flow entered by events, its delay run by advancing the
-clock, its split and its email in the outbox — and the events that enter nothing, each with
+"""Flows running (flows/entry.py, flows/runner.py, flows/webhooks.py) on both backends, with
+the clock under the test's control: an abandoned-cart flow entered by events, its delay run
+by advancing the clock, its split, its webhook to a receiver in the test (retried, with one
+idempotency key) and its email in the outbox — and the events that enter nothing, each with
 its recorded reason (backfill, trigger filter, draft flow, re-entry)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from conftest import ADMIN_KEY, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body
 from test_flows_api import abandoned_cart
@@ -163,3 +168,150 @@ def test_bulk_jobs_show_each_events_decisions(
     decisions = sorted(d["decision"] for d in job["data"]["attributes"]["flow_decisions"])
     assert decisions == ["entered", "trigger_filter"]
     assert all(d["flow_id"] == flow_id for d in job["data"]["attributes"]["flow_decisions"])
+
+
+class Receiver:
+    """A local webhook receiver: records each request, answers with the next planned status
+    (200 once the plan is used up)."""
+
+    def __init__(self, plan: list[int] | None = None) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.plan = list(plan or [])
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.plan.pop(0) if receiver.plan else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _webhook_flow(server: Server, api: httpx.Client, url: str) -> str:
+    cart, placed = _metric(server, api, "Added to Cart"), _metric(server, api, "Placed Order")
+    definition = abandoned_cart(cart, placed)
+    definition["actions"][2]["data"]["message"]["url"] = url
+    body = {"data": {"type": "flow", "attributes": {"name": "Hook", "definition": definition}}}
+    r = api.post("/api/flows", json=body)
+    assert r.status_code == 201, r.text
+    flow_id: str = r.json()["data"]["id"]
+    live = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": "live"}}}
+    assert api.patch(f"/api/flows/{flow_id}", json=live).status_code == 200
+    return flow_id
+
+
+def _deliveries(admin: httpx.Client) -> list[dict[str, Any]]:
+    r = admin.get("/admin/webhook-deliveries")
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()["data"]
+    return found
+
+
+def test_the_webhook_is_posted_with_its_headers_and_rendered_body(
+    world: tuple[Server, httpx.Client, httpx.Client], receiver: Receiver
+) -> None:
+    server, api, admin = world
+    flow_id = _webhook_flow(server, api, receiver.url)
+    _send(api, "ivy@example.com", "Added to Cart", value=99, properties={"ItemName": "Kite"})
+    server.settle()
+    assert receiver.requests == []  # 4 hours to go
+    assert admin.post("/admin/clock/advance", json={"seconds": 4 * 3600}).status_code == 200
+    ((headers, body),) = receiver.requests
+    assert msgspec.json.decode(body) == {"email": "ivy@example.com"}
+    assert headers["x-shop"] == "demo" and headers["content-type"] == "application/json"
+    (delivery,) = _deliveries(admin)
+    assert headers["idempotency-key"] == delivery["idempotency_key"]
+    assert delivery["status"] == "delivered" and delivery["flow_id"] == flow_id
+    assert [a["status"] for a in delivery["attempts"]] == [200]
+    assert delivery["attempts"][0]["at"] == "2026-03-02T13:00:00+00:00"
+    (email,) = admin.get("/admin/outbox").json()["data"]  # the step after the webhook
+    assert email["subject"] == "You left Kite"
+
+
+def test_retried_on_503_with_one_key_and_not_on_400(
+    world: tuple[Server, httpx.Client, httpx.Client], receiver: Receiver
+) -> None:
+    server, api, admin = world
+    _webhook_flow(server, api, receiver.url)
+    receiver.plan = [503, 429, 200]
+    _send(api, "jo@example.com", "Added to Cart", value=99, time="2026-03-01T00:00:00Z")
+    server.settle()  # overdue: sent at once; the retries wait for the clock
+    assert len(receiver.requests) == 1
+    admin.post("/admin/clock/advance", json={"seconds": 60})
+    assert len(receiver.requests) == 3
+    assert len({h["idempotency-key"] for h, _ in receiver.requests}) == 1
+    (delivery,) = _deliveries(admin)
+    assert [a["status"] for a in delivery["attempts"]] == [503, 429, 200]
+    assert delivery["status"] == "delivered"
+    # A 400 is not retried.
+    receiver.plan = [400]
+    _send(api, "kim@example.com", "Added to Cart", value=99, time="2026-03-01T00:00:00Z")
+    server.settle()
+    admin.post("/admin/clock/advance", json={"seconds": 86400})
+    failed = [d for d in _deliveries(admin) if d["status"] == "failed"]
+    assert len(failed) == 1 and [a["status"] for a in failed[0]["attempts"]] == [400]
+    assert failed[0]["detail"] == "answered 400"
+
+
+def test_retries_stop_after_17_over_a_day(
+    world: tuple[Server, httpx.Client, httpx.Client], receiver: Receiver
+) -> None:
+    server, api, admin = world
+    _webhook_flow(server, api, receiver.url)
+    receiver.plan = [500] * 30
+    _send(api, "lee@example.com", "Added to Cart", value=99, time="2026-03-01T00:00:00Z")
+    server.settle()
+    r = admin.post("/admin/clock/advance", json={"seconds": 86400 - 60})
+    assert r.status_code == 200, r.text
+    assert len(receiver.requests) == 17  # the first, then 16 retries within the day
+    admin.post("/admin/clock/advance", json={"seconds": 3600})
+    (delivery,) = _deliveries(admin)
+    assert len(delivery["attempts"]) == 18 and delivery["status"] == "failed"
+    first, last = delivery["attempts"][0]["at"], delivery["attempts"][-1]["at"]
+    span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
+    assert timedelta(hours=23, minutes=59) < span <= timedelta(hours=24)
+
+
+def test_by_default_webhooks_go_to_public_https_only(start_server) -> None:
+    """Without --allow-http-webhooks: an http URL is refused when the flow is created, and an
+    https URL on a loopback address fails when it is attempted, never called."""
+    server: Server = start_server(TRACKHOUSE_ALLOW_HTTP_WEBHOOKS="0")
+    headers = {"Authorization": f"Klaviyo-API-Key {PRIVATE_KEY}", "revision": "2026-10-15"}
+    with server.client(**headers) as api, server.client(**ADMIN) as admin:
+        cart, placed = _metric(server, api, "Added to Cart"), _metric(server, api, "Placed")
+        definition = abandoned_cart(cart, placed)
+        definition["actions"][2]["data"]["message"]["url"] = "http://127.0.0.1:9/hook"
+        body = {"data": {"type": "flow", "attributes": {"name": "x", "definition": definition}}}
+        r = api.post("/api/flows", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["errors"][0]["source"]["pointer"].endswith("/actions/2/data/message/url")
+        definition["actions"][2]["data"]["message"]["url"] = "https://127.0.0.1:9/hook"
+        flow_id = api.post("/api/flows", json=body).json()["data"]["id"]
+        live = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": "live"}}}
+        api.patch(f"/api/flows/{flow_id}", json=live)
+        _send(api, "max@example.com", "Added to Cart", value=99, time="2026-01-01T00:00:00Z")
+        server.settle()
+        (delivery,) = _deliveries(admin)
+        assert delivery["status"] == "failed" and "not a public address" in delivery["detail"]
+        assert [a["status"] for a in delivery["attempts"]] == [None]

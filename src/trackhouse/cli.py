@@ -78,6 +78,12 @@ def main() -> None:
     show_default=True,
     help="API processes sharing the port (needs --store; each also processes unless --no-process).",
 )
+@click.option(
+    "--allow-http-webhooks",
+    is_flag=True,
+    help="Let flow webhooks go to http URLs and private or loopback addresses (for tests); "
+    "same as TRACKHOUSE_ALLOW_HTTP_WEBHOOKS=1.",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)  # one of --workers' processes
 @click.option("--quiet", is_flag=True, hidden=True)
 def serve(
@@ -89,6 +95,7 @@ def serve(
     no_process: bool,
     max_backlog: int | None,
     workers: int,
+    allow_http_webhooks: bool,
     reuse_port: bool,
     quiet: bool,
 ) -> None:
@@ -98,6 +105,8 @@ def serve(
     from trackhouse.server import serve as run
 
     _where(data_dir, store_url)
+    if allow_http_webhooks:  # read by flows/webhooks.py, here and in --workers' processes
+        os.environ["TRACKHOUSE_ALLOW_HTTP_WEBHOOKS"] = "1"
     if workers > 1 and not store_url:
         raise click.UsageError("--workers needs --store: the embedded log has one writer")
     settings = Settings(
@@ -115,13 +124,21 @@ def serve(
 @main.command()
 @DATA_DIR
 @STORE
-def process(data_dir: Path, store_url: str | None) -> None:
+@click.option(
+    "--allow-http-webhooks",
+    is_flag=True,
+    help="As serve's: flow webhooks may go to http URLs and private addresses.",
+)
+def process(data_dir: Path, store_url: str | None, allow_http_webhooks: bool) -> None:
     """Process without serving the API, until interrupted: the log of --data-dir, or, with
     --store, as one of any number of workers sharing the log's partitions."""
     import signal
     import threading
 
     from trackhouse.server import process_only
+
+    if allow_http_webhooks:
+        os.environ["TRACKHOUSE_ALLOW_HTTP_WEBHOOKS"] = "1"
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

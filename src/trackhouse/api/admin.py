@@ -44,7 +44,7 @@ def _behind(heads: dict[int, int], positions: dict[int, int]) -> bool:
 async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
     """Wait until everything committed to the log when called — by any API process — is
     processed, in every partition, no segment's members are still being computed and no flow
-    step that is due waits to run;
+    step or webhook attempt that is due waits to run;
     (position, head) summed over the partitions."""
     store: Store = request.app.state.store
     heads = await asyncio.to_thread(event_log(request).heads)
@@ -77,19 +77,25 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
         await asyncio.sleep(0.01)
     reads = request.app.state.store
     while isinstance(reads, FlowRunReads) and (
-        due := await asyncio.to_thread(reads.steps_due_now, time.time())
+        due := await asyncio.to_thread(_flow_work_due, reads)
     ):
         if processor is not None:
             processor.wake.set()
+            processor.deliveries_wake.set()
         if time.monotonic() >= deadline:
             raise APIError(
                 503,
                 "service_unavailable",
-                f"{due} flow step(s) that are due have not run yet.",
+                f"{due} flow step(s) or webhook attempt(s) that are due have not run yet.",
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)
     return sum(positions.values()), sum(heads.values())
+
+
+def _flow_work_due(reads: FlowRunReads) -> int:
+    wall = time.time()
+    return reads.steps_due_now(wall) + reads.deliveries_due_now(wall)
 
 
 def _status(position: int, head: int) -> dict:

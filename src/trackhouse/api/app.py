@@ -136,6 +136,7 @@ ROUTES: list[Route] = [
     Route("/admin/flow-runs", flow_admin.get_flow_runs, methods=["GET"]),
     Route("/admin/outbox", flow_admin.get_outbox, methods=["GET"]),
     Route("/admin/outbox", flow_admin.delete_outbox, methods=["DELETE"]),
+    Route("/admin/webhook-deliveries", flow_admin.get_webhook_deliveries, methods=["GET"]),
 ]
 
 

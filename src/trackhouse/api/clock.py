@@ -8,7 +8,8 @@ clocks are set.
 - `POST /admin/clock/advance` with `{"seconds": N}` or `{"to": ISO 8601}` first waits for
   processing as `/admin/wait` does, then moves now by exactly that much (a running clock goes
   on running from there) and runs what falls due on the way, in time order: the flow steps
-  due by then (each as of its own due time, flows/runner.py), then the segments whose
+  and webhook attempts (retries too) due by then (each as of its own due time,
+  flows/runner.py), then the segments whose
   definitions are relative to now are computed again (with the cause "time"); all waited for.
   It answers with the clock and what ran (at most 1,000 flow steps listed).
 
@@ -176,13 +177,15 @@ async def _steps_done(request: Request, account_id: str, until: float, deadline:
     while True:
         await caught_up(request, max(0.0, deadline - time.monotonic()))
         due = await asyncio.to_thread(reads.steps_due, account_id, until)
+        due += await asyncio.to_thread(reads.deliveries_due, account_id, until)
         if not due:
             return
         if processor is not None:
             processor.wake.set()
             processor.hurry.set()
+            processor.deliveries_wake.set()
         if time.monotonic() >= deadline:
             raise APIError(503, "service_unavailable",
-                           f"{due} flow step(s) due by the new time have not run yet.",
+                           f"{due} flow step(s) or webhook attempt(s) due by then have not run.",
                            headers={"Retry-After": "1"})  # fmt: skip
         await asyncio.sleep(0.01)

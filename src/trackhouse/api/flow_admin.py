@@ -8,6 +8,9 @@ receipts and bulk jobs show.
   the messages flows rendered — channel, recipient, subject, body, flow, action, status
   (`sent`, `queued` for manual actions, `skipped` with why); oldest first.
   `DELETE /admin/outbox` empties it.
+- `GET /admin/webhook-deliveries` (`flow_id`, `profile_id`, `status` pending | delivered |
+  failed, `limit`): each delivery's URL, request headers and body, idempotency key, every
+  attempt with its status and duration, the next attempt, and the final status.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from trackhouse.api.paging import ascii_int, invalid_parameter
 from trackhouse.clock import iso
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Outcome, event_id
-from trackhouse.store.flows import FlowRunReads, OutboxRow, RunRow, StepRow
+from trackhouse.store.flows import AttemptRow, DeliveryRow, FlowRunReads, OutboxRow, RunRow, StepRow
 
 MAX_LIMIT = 1000
 MAX_VALUE = 256  # characters of a filter value
@@ -145,3 +148,35 @@ async def delete_outbox(request: Request) -> Response:
     _filters(request, ())
     deleted = await asyncio.to_thread(flow_reads(request).clear_outbox, account_id)
     return _json({"deleted": deleted})
+
+
+def _delivery_json(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "flow_id": row.flow_id,
+        "action_id": row.action_id,
+        "run_id": row.run_id,
+        "profile_id": row.profile_id,
+        "url": row.url,
+        "headers": msgspec.json.decode(row.headers),
+        "body": row.body,
+        "idempotency_key": row.idempotency_key,
+        "status": row.status,
+        "next_attempt_at": None if row.next_at is None or row.status != "pending"
+        else iso(row.next_at),
+        "detail": row.detail,
+        "attempts": [
+            {"n": a.n, "at": iso(a.at), "status": a.status_code,
+             "duration_ms": None if a.duration_ms is None else round(a.duration_ms, 3),
+             "error": a.error}
+            for a in attempts
+        ],
+    }  # fmt: skip
+
+
+async def get_webhook_deliveries(request: Request) -> Response:
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    filters = _filters(request, ("flow_id", "profile_id", "status"))
+    limit = _limit(request)
+    rows = await asyncio.to_thread(flow_reads(request).deliveries, account_id, filters, limit)
+    return _json({"data": [_delivery_json(r, a) for r, a in rows]})

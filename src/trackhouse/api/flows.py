@@ -31,6 +31,7 @@ from trackhouse.api.body import MB, decode_json, read_body, require_json_content
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
 from trackhouse.api.ratelimit import check_daily
+from trackhouse.flows import webhooks
 from trackhouse.flows.definition import (
     MESSAGE_CHANNELS,
     FlowDefinition,
@@ -245,6 +246,11 @@ def _check_references(store: Store, account_id: str, definition: FlowDefinition)
             exists = isinstance(list_id, str) and store.lists(ListQuery(account_id, ids=[list_id]))
             if not exists:
                 raise invalid(f"No list with id {str(list_id)[:64]} exists.", where)
+    for n, action in enumerate(definition.actions):
+        if action.type == "send-webhook":
+            why = webhooks.refused(action.raw["data"]["message"]["url"], resolve=False)
+            if why is not None:
+                raise invalid(f"This server {why}.", f"{POINTER}/actions/{n}/data/message/url")
     named = sorted(_metrics_named(definition))
     if named:
         known = {m.id for m in store.metrics(account_id, ids=named)}

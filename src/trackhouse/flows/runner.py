@@ -17,6 +17,7 @@ Actions:
 - `send-email`, `send-sms`, `send-mobile-push`: rendered into the outbox — `sent` when the
   action is live, `queued` when manual, `skipped` with the reason when it is draft or
   disabled, the profile has no address, or smart sending (email 16 h, SMS and push 24 h) holds;
+- `send-webhook`: its body and headers rendered, and a delivery queued (flows/webhooks.py);
 - `update-profile`: the profile's properties set, deleted, or added to or removed from;
 - `list-update`: the profile added to or removed from the list.
 
@@ -43,7 +44,7 @@ from trackhouse.ids import new_ulid
 from trackhouse.process.identity import ProfileBook
 from trackhouse.process.profiles import MAX_STORED_PROFILE_BYTES, Profile, encode_profile
 from trackhouse.store.base import FlowRow, StoreWriter
-from trackhouse.store.flows import FlowRunWrites, OutboxRow, RunRow, StepRow
+from trackhouse.store.flows import DeliveryRow, FlowRunWrites, OutboxRow, RunRow, StepRow
 
 logger = logging.getLogger("trackhouse.flows")
 
@@ -109,6 +110,7 @@ class Runner:
         self.book = book
         self.flows = flows
         self.wall = wall
+        self.queued_deliveries = False  # set when a step queues a webhook delivery
 
     def run_due(
         self, limit: int, touched: dict[str, set[str]], list_changes: list[ListChange]
@@ -231,7 +233,7 @@ class Runner:
             list_changes.append((run.account_id, list_id, profile.id, add, _iso(at)))
             touched.setdefault(run.account_id, set()).add(profile.id)
             return ("added" if add else "removed"), list_id, nxt, due
-        return "skipped", "webhooks are not delivered by this version", nxt, due
+        return (*self._webhook(action, run, profile, at), nxt, due)
 
     def _message(self, action: Action, run: RunRow, profile: Profile,
                  at: float) -> tuple[str, str | None]:  # fmt: skip
@@ -269,6 +271,32 @@ class Runner:
                                        run.flow_id, action.key, None, run.id, profile.id,
                                        subject, body, status, reason, at))  # fmt: skip
         return status, reason
+
+    def _webhook(self, action: Action, run: RunRow, profile: Profile,
+                 at: float) -> tuple[str, str | None]:  # fmt: skip
+        """The delivery of the rendered request, queued for the delivery thread (the step
+        does not wait for the answer, as Klaviyo's do not)."""
+        if action.status in ("draft", "disabled", "manual"):
+            return "skipped", action.status
+        message = (action.raw.get("data") or {}).get("message") or {}
+        value, properties = self._event(run)
+        person, event = person_of(profile), {**properties, "$value": value}
+        try:
+            body = render(message.get("body"), person, event)
+            headers = {name: render(text, person, event) or ""
+                       for name, text in (message.get("headers") or {}).items()}  # fmt: skip
+        except Exception as exc:  # a template that cannot render (e.g. an include)
+            return "skipped", f"the template could not be rendered: {exc}"[:300]
+        if any("\r" in v or "\n" in v for v in headers.values()):
+            return "skipped", "a rendered header holds a line break"
+        delivery_id = new_ulid()
+        self.runs.add_delivery(DeliveryRow(
+            delivery_id, run.account_id, run.flow_id, action.key, run.id, profile.id,
+            message["url"], msgspec.json.encode(headers).decode(), body,
+            f"{run.id}:{action.key}", "pending", 0, at, None, at,
+        ))  # fmt: skip
+        self.queued_deliveries = True
+        return "queued", delivery_id
 
     def _update_profile(self, operations: list[dict[str, Any]], profile: Profile,
                         at: float) -> str | None:  # fmt: skip

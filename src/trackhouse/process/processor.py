@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import msgspec
 
 from trackhouse.clock import Clocks
+from trackhouse.flows import webhooks
 from trackhouse.flows.entry import Entry, Flows
 from trackhouse.flows.runner import Runner
 from trackhouse.ids import short_id
@@ -46,7 +48,7 @@ from trackhouse.store.base import (
     event_id,
     pack_results,
 )
-from trackhouse.store.flows import FlowRunWrites
+from trackhouse.store.flows import AttemptRow, FlowRunWrites
 
 logger = logging.getLogger("trackhouse.process")
 
@@ -103,6 +105,7 @@ class Processor:
         self.flows = Flows(runs)
         self.entry = Entry(self.store, runs, self.book, self.flows, clock or self.clocks.moment)
         self.runner = Runner(self.store, runs, self.book, self.flows)
+        self.deliveries_wake = threading.Event()  # set when a webhook delivery is queued
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
@@ -129,7 +132,17 @@ class Processor:
 
     def run(self, stop: threading.Event) -> None:
         """Process until `stop` is set; the batch in hand is always finished first. Nothing
-        ends this loop but `stop`: storage errors are retried with back-off."""
+        ends this loop but `stop`: storage errors are retried with back-off. Webhook
+        deliveries are attempted meanwhile by a thread of their own (`deliver`)."""
+        deliveries = threading.Thread(target=self.deliver, args=(stop,), name="webhooks")
+        deliveries.start()
+        try:
+            self._run(stop)
+        finally:
+            self.deliveries_wake.set()
+            deliveries.join()
+
+    def _run(self, stop: threading.Event) -> None:
         backoff = 0.05
         retention_due = time.monotonic()
         sweep_due = time.monotonic() + SEGMENT_SWEEP_SECONDS
@@ -213,6 +226,41 @@ class Processor:
                 break
         return ran
 
+    def deliver(self, stop: threading.Event) -> None:
+        """Attempt the webhook deliveries that are due, until `stop`: each claimed (leased, its
+        attempt counted) in one short transaction, sent with no lock held, and its result
+        recorded in another (flows/webhooks.py)."""
+        backoff = 0.05
+        with httpx.Client(timeout=webhooks.TIMEOUT_SECONDS, follow_redirects=False) as client:
+            while not stop.is_set():
+                try:
+                    sent = self.deliver_once(client)
+                except Exception:
+                    logger.exception("webhook deliveries stalled; retrying")
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.05
+                if not sent:
+                    self.deliveries_wake.wait(0.25)
+                    self.deliveries_wake.clear()
+
+    def deliver_once(self, client: httpx.Client, limit: int = 20) -> int:
+        """One round of due deliveries; how many were attempted."""
+        runs = self.store
+        assert isinstance(runs, FlowRunWrites)
+        with self.lock, self.store.transaction():
+            claimed = runs.claim_deliveries(time.time(), webhooks.LEASE_SECONDS, limit)
+        for delivery in claimed:
+            result = webhooks.send(client, delivery)
+            at = delivery.next_at if delivery.next_at is not None else time.time()
+            status, next_at, detail = webhooks.after(delivery, result, at)
+            attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
+                                 result.duration_ms, result.error)  # fmt: skip
+            with self.lock, self.store.transaction():
+                runs.record_attempt(delivery, attempt, status, next_at, detail)
+        return len(claimed)
+
     def _run_flows(self) -> int:
         self._list_changes = []
         touched: dict[str, set[str]] = {}
@@ -226,6 +274,9 @@ class Processor:
             self.forget()
             raise
         self.membership.committed()
+        if self.runner.queued_deliveries:
+            self.runner.queued_deliveries = False
+            self.deliveries_wake.set()
         return n
 
     def _run_once(self, partition: int, max_entries: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from trackhouse.store.base import FlowRow
 from trackhouse.store.sql import Dialect, flow_row, flows
@@ -73,6 +74,38 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_account ON outbox (account_id, at, id);
 CREATE INDEX IF NOT EXISTS outbox_profile ON outbox (account_id, profile_id, channel, at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    action_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    headers TEXT NOT NULL,         -- JSON object, as rendered
+    body TEXT,
+    idempotency_key TEXT NOT NULL, -- one per step: every attempt sends the same
+    status TEXT NOT NULL,          -- pending | delivered | failed
+    attempts INTEGER NOT NULL,
+    next_at REAL,                  -- the next attempt, on the account's clock
+    leased_until REAL,             -- (real time) an attempt in flight, by some worker
+    created_at REAL NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_account
+    ON webhook_deliveries (account_id, created_at, id);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    at REAL NOT NULL,              -- as of the account's clock
+    status_code INTEGER,
+    duration_ms REAL,
+    error TEXT,
+    PRIMARY KEY (delivery_id, n)
+);
 """
 
 _IDENTITY = "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
@@ -84,7 +117,8 @@ POSTGRES_SCHEMA = (
 )  # fmt: skip
 
 # An account's rows of these tables, deleted by a reset (before the flows they refer to).
-TABLES = ("flow_decisions", "flow_steps", "flow_runs", "outbox")
+TABLES = ("flow_decisions", "flow_steps", "flow_runs", "outbox", "webhook_attempts",
+          "webhook_deliveries")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +167,49 @@ class OutboxRow:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: str
+    account_id: str
+    flow_id: str
+    action_id: str
+    run_id: str
+    profile_id: str
+    url: str
+    headers: str  # JSON
+    body: str | None
+    idempotency_key: str
+    status: str
+    attempts: int
+    next_at: float | None
+    leased_until: float | None
+    created_at: float
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    delivery_id: str
+    n: int
+    at: float
+    status_code: int | None
+    duration_ms: float | None
+    error: str | None
+
+
 # (account, log entry, event index, flow, decision, run)
 Decision = tuple[str, int, int, str, str, str | None]
 
 RUN_COLUMNS = ("id, account_id, flow_id, profile_id, trigger, event_number, anchor, entered_at,"
                " status, ended_at, reason")  # fmt: skip
 STEP_COLUMNS = "id, account_id, run_id, action_id, due_at, status, ran_at, outcome, detail"
+DELIVERY_COLUMNS = ("id, account_id, flow_id, action_id, run_id, profile_id, url, headers, body,"
+                    " idempotency_key, status, attempts, next_at, leased_until, created_at,"
+                    " detail")  # fmt: skip
+_DUE_DELIVERY = (
+    "d.status = 'pending' AND d.next_at <= coalesce(c.frozen_at, {p} + coalesce(c.clock_offset,"
+    " 0)) AND (d.leased_until IS NULL OR d.leased_until < {p})"
+)
 OUTBOX_COLUMNS = ("id, account_id, channel, recipient, flow_id, action_id, message_id, run_id,"
                   " profile_id, subject, body, status, reason, at")  # fmt: skip
 
@@ -152,7 +223,7 @@ class FlowRunWrites:
     and `_run` execute a statement in the batch's transaction)."""
 
     _flow_sql: Dialect
-    _skip_locked: str  # " FOR UPDATE OF s SKIP LOCKED" where workers share the store
+    _skip_locked: str  # " FOR UPDATE OF {alias} SKIP LOCKED" where workers share the store
 
     _rows: Callable[..., list[tuple]]
     _run: Callable[..., int]
@@ -212,7 +283,7 @@ class FlowRunWrites:
             f"SELECT s.id, s.account_id, s.run_id, s.action_id, s.due_at FROM flow_steps s"
             " LEFT JOIN clocks c ON c.account_id = s.account_id WHERE s.status = 'pending'"
             f" AND s.due_at <= coalesce(c.frozen_at, {p} + coalesce(c.clock_offset, 0))"
-            f" ORDER BY s.due_at, s.id LIMIT {p}{self._skip_locked}",
+            f" ORDER BY s.due_at, s.id LIMIT {p}{self._skip_locked.format(alias='s')}",
             (wall, limit),
         )
         return [StepRow(*row) for row in rows]
@@ -256,6 +327,56 @@ class FlowRunWrites:
         )  # fmt: skip
         return rows[0][0] if rows else None
 
+    def add_delivery(self, row: DeliveryRow) -> None:
+        d = self._flow_sql
+        self._run(f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ({_marks(d, 16)})",
+                  (row.id, row.account_id, row.flow_id, row.action_id, row.run_id,
+                   row.profile_id, row.url, row.headers, row.body, row.idempotency_key,
+                   row.status, row.attempts, row.next_at, row.leased_until, row.created_at,
+                   row.detail))  # fmt: skip
+
+    def claim_deliveries(self, wall: float, lease: float, limit: int) -> list[DeliveryRow]:
+        """Deliveries whose next attempt is due on their account's clock and that no worker
+        is attempting, earliest first; each leased for `lease` seconds and its attempt
+        counted (commit before sending: a worker that dies mid-attempt lets the lease run
+        out, and another sends it again, with the same idempotency key)."""
+        p = self._flow_sql.param
+        due = _DUE_DELIVERY.format(p=p)
+        rows = self._rows(
+            f"SELECT d.id FROM webhook_deliveries d LEFT JOIN clocks c"
+            f" ON c.account_id = d.account_id WHERE {due} ORDER BY d.next_at, d.id"
+            f" LIMIT {p}{self._skip_locked.format(alias='d')}",
+            (wall, wall, limit),
+        )
+        claimed = []
+        for (delivery_id,) in rows:
+            self._run(
+                f"UPDATE webhook_deliveries SET leased_until = {p}, attempts = attempts + 1"
+                f" WHERE id = {p}", (wall + lease, delivery_id),
+            )  # fmt: skip
+            found = self._rows(f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries"
+                               f" WHERE id = {p}", (delivery_id,))  # fmt: skip
+            claimed.append(DeliveryRow(*found[0]))
+        return claimed
+
+    def record_attempt(
+        self, delivery: DeliveryRow, attempt: AttemptRow, status: str, next_at: float | None,
+        detail: str | None,
+    ) -> None:  # fmt: skip
+        """The attempt's result, and what comes next: delivered, failed, or another try at
+        `next_at`."""
+        d = self._flow_sql
+        p = d.param
+        self._run(
+            f"INSERT INTO webhook_attempts VALUES ({_marks(d, 7)})"
+            " ON CONFLICT (delivery_id, n) DO NOTHING",
+            (attempt.delivery_id, delivery.account_id, attempt.n, attempt.at,
+             attempt.status_code, attempt.duration_ms, attempt.error),
+        )  # fmt: skip
+        self._run(f"UPDATE webhook_deliveries SET status = {p}, next_at = {p}, detail = {p},"
+                  f" leased_until = NULL WHERE id = {p}",
+                  (status, next_at, detail, delivery.id))  # fmt: skip
+
     def event_of_run(self, account_id: str, number: int) -> tuple[float | None, bytes] | None:
         """The triggering event's value and properties (JSON)."""
         d = self._flow_sql
@@ -281,6 +402,46 @@ class FlowRunReads:
             " + coalesce(c.clock_offset, 0))", (wall,),
         )  # fmt: skip
         return int(rows[0][0])
+
+    def deliveries_due_now(self, wall: float) -> int:
+        """Webhook attempts of every account that are due on their account's clock."""
+        p = self._flow_sql.param
+        rows = self._query(
+            "SELECT count(*) FROM webhook_deliveries d LEFT JOIN clocks c"
+            f" ON c.account_id = d.account_id WHERE {_DUE_DELIVERY.format(p=p)}", (wall, wall),
+        )  # fmt: skip
+        return int(rows[0][0])
+
+    def deliveries_due(self, account_id: str, now: float) -> int:
+        """The account's webhook attempts due at or before `now` (in flight included)."""
+        p = self._flow_sql.param
+        rows = self._query(
+            f"SELECT count(*) FROM webhook_deliveries WHERE account_id = {p}"
+            f" AND status = 'pending' AND next_at <= {p}", (account_id, now),
+        )  # fmt: skip
+        return int(rows[0][0])
+
+    def deliveries(
+        self, account_id: str, filters: dict[str, str], limit: int
+    ) -> list[tuple[DeliveryRow, list[AttemptRow]]]:
+        """The account's webhook deliveries, oldest first, with their attempts."""
+        p = self._flow_sql.param
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE account_id = {p}"
+        args: list[Any] = [account_id]
+        for column, value in sorted(filters.items()):
+            sql, args = f"{sql} AND {column} = {p}", [*args, value]
+        rows = [DeliveryRow(*r) for r in self._query(f"{sql} ORDER BY created_at, id LIMIT {p}",
+                                                      (*args, limit))]  # fmt: skip
+        if not rows:
+            return []
+        where, more = self._flow_sql.one_of("delivery_id", [r.id for r in rows])
+        attempts: dict[str, list[AttemptRow]] = {}
+        for row in self._query(
+            "SELECT delivery_id, n, at, status_code, duration_ms, error FROM webhook_attempts"
+            f" WHERE account_id = {p} AND {where} ORDER BY n", (account_id, *more),
+        ):  # fmt: skip
+            attempts.setdefault(row[0], []).append(AttemptRow(*row))
+        return [(r, attempts.get(r.id, [])) for r in rows]
 
     def steps_due(self, account_id: str, now: float) -> int:
         """The account's pending steps due at or before `now`."""

@@ -80,7 +80,7 @@ def _columns(rows: list[tuple[str, str, str, str]]) -> tuple[list, list, list, l
 
 class PostgresWriter(flow_runs.FlowRunWrites):
     _flow_sql = _SQL
-    _skip_locked = " FOR UPDATE OF s SKIP LOCKED"  # workers share the steps
+    _skip_locked = " FOR UPDATE OF {alias} SKIP LOCKED"  # workers share the steps
     shared = True  # other workers write too: nothing read is kept past its transaction
 
     def __init__(self, url: str) -> None:
