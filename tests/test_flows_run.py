@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from conftest import ADMIN_KEY, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body
 from test_flows_api import abandoned_cart
+from test_list_members import change, new_list, new_profiles
 
 ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 START = "2026-03-02T09:00:00+00:00"
@@ -315,3 +316,54 @@ def test_by_default_webhooks_go_to_public_https_only(start_server) -> None:
         (delivery,) = _deliveries(admin)
         assert delivery["status"] == "failed" and "not a public address" in delivery["detail"]
         assert [a["status"] for a in delivery["attempts"]] == [None]
+
+
+def _group_flow(api: httpx.Client, kind: str, group_id: str) -> str:
+    definition = {
+        "triggers": [{"type": kind, "id": group_id}],
+        "entry_action_id": "hello",
+        "actions": [{"temporary_id": "hello", "type": "send-email", "links": {"next": None},
+                     "data": {"status": "live", "message": {"subject_line": f"Welcome ({kind})"}}}],
+    }  # fmt: skip
+    body = {"data": {"type": "flow", "attributes": {"name": kind, "definition": definition}}}
+    r = api.post("/api/flows", json=body)
+    assert r.status_code == 201, r.text
+    flow_id: str = r.json()["data"]["id"]
+    assert r.json()["data"]["attributes"]["trigger_type"] == "Added to List"
+    live = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": "live"}}}
+    assert api.patch(f"/api/flows/{flow_id}", json=live).status_code == 200
+    return flow_id
+
+
+def test_list_and_segment_joins_enter_their_flows(
+    world: tuple[Server, httpx.Client, httpx.Client],
+) -> None:
+    """Added to a list: its flow runs. A segment: a profile that newly qualifies through its
+    data enters; one that qualified when the segment was made does not (Klaviyo's rule)."""
+    server, api, admin = world
+    (ann, bob) = new_profiles(server, api, 2, plan="gold")
+    list_id = new_list(api)
+    _group_flow(api, "list", list_id)
+    assert change(api, "POST", list_id, [ann]).status_code == 204
+    server.settle()
+    sent = admin.get("/admin/outbox").json()["data"]
+    assert len(sent) == 1, str(admin.get("/admin/flow-runs").json())
+    (welcome,) = sent
+    assert welcome["profile_id"] == ann and welcome["subject"] == "Welcome (list)"
+
+    plan = {"type": "string", "operator": "equals", "value": "gold"}
+    gold = {"type": "profile-property", "property": "properties['plan']", "filter": plan}
+    segment = {"condition_groups": [{"conditions": [gold]}]}
+    body = {"data": {"type": "segment", "attributes": {"name": "Gold", "definition": segment}}}
+    segment_id = api.post("/api/segments", json=body).json()["data"]["id"]
+    server.settle()  # ann and bob join by definition: no flow enters on that
+    _group_flow(api, "segment", segment_id)
+    (cyd,) = new_profiles(server, api, 1, plan="silver")
+    email = api.get(f"/api/profiles/{cyd}").json()["data"]["attributes"]["email"]
+    upgrade = event_body(email, profile_attributes={"email": email, "properties": {"plan": "gold"}})
+    assert api.post("/api/events", json=upgrade).status_code == 202
+    server.settle()
+    segment_mail = [m for m in admin.get("/admin/outbox").json()["data"]
+                    if m["subject"] == "Welcome (segment)"]  # fmt: skip
+    assert [m["profile_id"] for m in segment_mail] == [cyd]
+    assert bob not in {r["profile_id"] for r in admin.get("/admin/flow-runs").json()["data"]}

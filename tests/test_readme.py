@@ -18,7 +18,7 @@ def _python_blocks() -> list[str]:
 
 def test_the_sdk_examples_run(start_server, capsys) -> None:
     server: Server = start_server()  # an account of its own: the members are known
-    event, segment = _python_blocks()
+    event, segment, flow = _python_blocks()
     code = event.replace('"pk_…"', repr(PRIVATE_KEY)).replace("http://127.0.0.1:8080", server.url)
     scope: dict = {}
     exec(compile(code, "README event example", "exec"), scope)
@@ -32,3 +32,6 @@ def test_the_sdk_examples_run(start_server, capsys) -> None:
     exec(compile("# Members are computed" + wait, "README members", "exec"), scope)
     printed = capsys.readouterr().out
     assert printed.startswith("[('sarah@example.com', ") and printed.count("sarah") == 1
+    code = flow.replace("pk_adm…", ADMIN_KEY).replace("http://127.0.0.1:8080", server.url)
+    exec(compile(code, "README flow example", "exec"), scope)
+    assert capsys.readouterr().out == "[('sarah@example.com', 'Still thinking about Kids Book?')]\n"

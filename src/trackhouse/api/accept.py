@@ -4,7 +4,7 @@ the durable append that must succeed before anything is acknowledged."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from trackhouse.api.revision import RevisionRules, parse_revision
 from trackhouse.log import BulkJob, EventLog, LogOverloaded, LogUnavailable
 from trackhouse.model import Submission
 from trackhouse.store.accounts import AccountStore
+from trackhouse.store.base import Store
 
 # Every accepted submission that is not a bulk job names itself in this response header; its
 # outcome is then at GET /api/event-receipts/{id} (api/receipts.py).
@@ -114,3 +115,13 @@ def jsonapi_response(
 
 def absolute_url(request: Request, path: str) -> str:
     return str(request.base_url).rstrip("/") + path
+
+
+def now_iso() -> str:
+    """Now, as the API writes created and updated times (ISO 8601, UTC, to the second)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def store_of(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store

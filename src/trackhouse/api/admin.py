@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,33 +65,26 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.01)
-    while pending := await asyncio.to_thread(store.segments_pending):
+    await drain(request, store.segments_pending, deadline,
+                "The members of {} segment(s) are still being computed.")  # fmt: skip
+    if isinstance(store, FlowRunReads):
+        waiting = "{} flow step(s) or webhook attempt(s) that are due have not run yet."
+        await drain(request, lambda: _flow_work_due(store), deadline, waiting)
+    return sum(positions.values()), sum(heads.values())
+
+
+async def drain(request: Request, count: Callable[[], int], deadline: float, detail: str) -> None:
+    """Wake processing until `count()` is 0; past `deadline`, 503 with `detail` (of the count)."""
+    processor = request.app.state.processor
+    while left := await asyncio.to_thread(count):
         if processor is not None:
             processor.wake.set()
-        if time.monotonic() >= deadline:
-            raise APIError(
-                503,
-                "service_unavailable",
-                f"The members of {pending} segment(s) are still being computed.",
-                headers={"Retry-After": "1"},
-            )
-        await asyncio.sleep(0.01)
-    reads = request.app.state.store
-    while isinstance(reads, FlowRunReads) and (
-        due := await asyncio.to_thread(_flow_work_due, reads)
-    ):
-        if processor is not None:
-            processor.wake.set()
+            processor.hurry.set()
             processor.deliveries_wake.set()
         if time.monotonic() >= deadline:
-            raise APIError(
-                503,
-                "service_unavailable",
-                f"{due} flow step(s) or webhook attempt(s) that are due have not run yet.",
-                headers={"Retry-After": "1"},
-            )
+            raise APIError(503, "service_unavailable", detail.format(left),
+                           headers={"Retry-After": "1"})  # fmt: skip
         await asyncio.sleep(0.01)
-    return sum(positions.values()), sum(heads.values())
 
 
 def _flow_work_due(reads: FlowRunReads) -> int:

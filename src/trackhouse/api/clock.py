@@ -31,9 +31,9 @@ from starlette.responses import Response
 
 from trackhouse.api import auth
 from trackhouse.api.accept import accounts
-from trackhouse.api.admin import caught_up, timeout_param
+from trackhouse.api.admin import caught_up, drain, timeout_param
 from trackhouse.api.body import decode_json, read_body, require_json_content_type
-from trackhouse.api.errors import APIError, invalid
+from trackhouse.api.errors import invalid
 from trackhouse.api.flow_admin import flow_reads
 from trackhouse.api.segments import restart_relative
 from trackhouse.clock import EARLIEST, LATEST, REAL_TIME, Clocks, ClockSetting, iso
@@ -170,22 +170,16 @@ async def advance_clock(request: Request) -> Response:
 
 
 async def _steps_done(request: Request, account_id: str, until: float, deadline: float) -> None:
-    """Wait until processing has caught up and no flow step of the account is due by
-    `until` (steps run by processing, which their effects may give more to do)."""
+    """Wait until processing has caught up and no flow step or webhook attempt of the account
+    is due by `until` (their effects may give processing more to do, so both again)."""
     reads = flow_reads(request)
-    processor = request.app.state.processor
+
+    def due() -> int:
+        return reads.steps_due(account_id, until) + reads.deliveries_due(account_id, until)
+
     while True:
         await caught_up(request, max(0.0, deadline - time.monotonic()))
-        due = await asyncio.to_thread(reads.steps_due, account_id, until)
-        due += await asyncio.to_thread(reads.deliveries_due, account_id, until)
-        if not due:
+        if not await asyncio.to_thread(due):
             return
-        if processor is not None:
-            processor.wake.set()
-            processor.hurry.set()
-            processor.deliveries_wake.set()
-        if time.monotonic() >= deadline:
-            raise APIError(503, "service_unavailable",
-                           f"{due} flow step(s) or webhook attempt(s) due by then have not run.",
-                           headers={"Retry-After": "1"})  # fmt: skip
-        await asyncio.sleep(0.01)
+        await drain(request, due, deadline,
+                    "{} flow step(s) or webhook attempt(s) due by then have not run.")  # fmt: skip

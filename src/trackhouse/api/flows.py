@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import members
-from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
+from trackhouse.api.accept import Caller, identify_caller, jsonapi_response, now_iso, store_of
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
@@ -89,15 +89,6 @@ class UpdateData(_Wire):
 
 class UpdateQuery(_Wire):
     data: UpdateData
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 def _not_found(what: str, found_id: str) -> APIError:
@@ -191,7 +182,9 @@ def message_resource(row: FlowActionRow, base: str) -> dict[str, Any]:
 
 def _flow(request: Request, caller: Caller, flow_id: str | None = None) -> FlowRow:
     flow_id = flow_id or request.path_params["flow_id"]
-    rows = _store(request).flows(caller.account_id, [flow_id]) if members.valid_id(flow_id) else []
+    rows = (
+        store_of(request).flows(caller.account_id, [flow_id]) if members.valid_id(flow_id) else []
+    )
     if not rows:
         raise _not_found("flow", flow_id)
     return rows[0]
@@ -203,7 +196,7 @@ def _action(request: Request, caller: Caller, by_message: bool = False) -> FlowA
     rows = []
     if members.valid_id(found_id):
         key = "message_ids" if by_message else "ids"
-        rows = _store(request).flow_actions(caller.account_id, **{key: [found_id]})
+        rows = store_of(request).flow_actions(caller.account_id, **{key: [found_id]})
     if not rows:
         raise _not_found("flow message" if by_message else "flow action", found_id)
     return rows[0]
@@ -301,14 +294,14 @@ async def create_flow(request: Request) -> Response:
         definition = parse_flow_definition(attrs.definition, POINTER)
     except DefinitionError as exc:
         raise invalid(f"Invalid definition: {exc.detail}.", exc.pointer) from None
-    store = _store(request)
+    store = store_of(request)
     _check_references(store, caller.account_id, definition)
     limit = request.app.state.daily_limits.get("flow")
     if limit is not None:
         since = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(timespec="seconds")
         created = [f.created for f in store.flows(caller.account_id) if f.created > since]
         check_daily("flow", limit, created, time.time())
-    now = _now()
+    now = now_iso()
     while True:  # a random id that is taken: draw all of them again
         raw = with_ids(definition, short_id)
         flow = FlowRow(short_id(), name, "draft", False, definition.trigger_type,
@@ -420,7 +413,7 @@ async def get_flows(request: Request) -> Response:
                           includes=("flow-actions", "tags"),
                           fields={"flow": FLOW_FIELDS, "flow-action": ACTION_FIELDS,
                                   "tag": ("name",)})  # fmt: skip
-    store = _store(request)
+    store = store_of(request)
     rows = _filtered(q, store.flows(caller.account_id), FLOW_FILTERS, _flow_value)
     page, next_value = _page(request, q, rows, _flow_value)
     base = base_url(request)
@@ -453,7 +446,7 @@ async def get_flow(request: Request) -> Response:
     base = base_url(request)
     actions = None
     if q.include:
-        actions = _store(request).flow_actions(caller.account_id, flow_ids=[row.id])
+        actions = store_of(request).flow_actions(caller.account_id, flow_ids=[row.id])
         if "flow-actions" not in q.include:
             actions = []
     resource = flow_resource(row, base, definition=definition, actions=actions)
@@ -477,7 +470,7 @@ async def update_flow(request: Request) -> Response:
     if status not in STATUSES:
         raise invalid("status must be one of draft, manual, live.", "/data/attributes/status")
     row = _flow(request, caller)
-    store = _store(request)
+    store = store_of(request)
     actions = []
     for a in store.flow_actions(caller.account_id, flow_ids=[row.id]):
         raw = msgspec.json.decode(a.definition)
@@ -486,7 +479,7 @@ async def update_flow(request: Request) -> Response:
         actions.append(FlowActionRow(a.id, a.flow_id, a.type, status,
                                      msgspec.json.encode(raw).decode(), a.message_id, a.created,
                                      a.updated))  # fmt: skip
-    updated = store.update_flow(caller.account_id, row.id, status, _now(), actions)
+    updated = store.update_flow(caller.account_id, row.id, status, now_iso(), actions)
     if updated is None:
         raise _not_found("flow", flow_id)
     resource = flow_resource(updated, base_url(request))
@@ -497,7 +490,7 @@ async def update_flow(request: Request) -> Response:
 async def delete_flow(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
     row = _flow(request, caller)
-    if not _store(request).delete_flow(caller.account_id, row.id):
+    if not store_of(request).delete_flow(caller.account_id, row.id):
         raise _not_found("flow", row.id)
     return jsonapi_response(204, None, caller.headers)
 
@@ -509,7 +502,7 @@ def _flow_actions_page(request: Request, caller: Caller) -> tuple[list[FlowActio
     q = ListRequest.parse(request, default_size=PAGE, max_size=PAGE, sorts=ACTION_SORTS,
                           fields={"flow-action": ACTION_FIELDS})  # fmt: skip
     row = _flow(request, caller)
-    rows = _store(request).flow_actions(caller.account_id, flow_ids=[row.id])
+    rows = store_of(request).flow_actions(caller.account_id, flow_ids=[row.id])
     rows = _filtered(q, rows, ACTION_FILTERS, _action_value)
     return _page(request, q, rows, _action_value)
 

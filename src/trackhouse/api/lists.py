@@ -25,7 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import members
-from trackhouse.api.accept import Caller, append, identify_caller, jsonapi_response
+from trackhouse.api.accept import (
+    Caller,
+    append,
+    identify_caller,
+    jsonapi_response,
+    now_iso,
+    store_of,
+)
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
@@ -35,7 +42,7 @@ from trackhouse.ids import short_id
 from trackhouse.model import ListChange, ProfileChange, Submission
 from trackhouse.process.profiles import decode_profile
 from trackhouse.query.events import sparse
-from trackhouse.store.base import ListQuery, ListRow, Store
+from trackhouse.store.base import ListQuery, ListRow
 
 LIST_FIELDS = ("created", "id", "name", "opt_in_process", "updated")
 SORTS = ("created", "-created", "id", "-id", "name", "-name", "updated", "-updated")
@@ -91,15 +98,6 @@ class MembersQuery(_Wire):
 MAX_MEMBERS = 1000  # profiles a call adds or removes
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
 def _name(name: str, pointer: str) -> str:
     if not name.strip():
         raise invalid("The list name must not be empty.", pointer)
@@ -146,7 +144,7 @@ def _find(request: Request, caller: Caller) -> ListRow:
     list_id = request.path_params["list_id"]
     found = None
     if members.valid_id(list_id):
-        rows = _store(request).lists(ListQuery(caller.account_id, ids=[list_id], limit=1))
+        rows = store_of(request).lists(ListQuery(caller.account_id, ids=[list_id], limit=1))
         found = rows[0] if rows else None
     if found is None:
         raise _not_found(list_id)
@@ -170,10 +168,10 @@ async def create_list(request: Request) -> Response:
     caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
     require_json_content_type(request)
     attrs = decode_json(await read_body(request, 1 * MB), CreateQuery).data.attributes
-    now = _now()
+    now = now_iso()
     row = ListRow("", _name(attrs.name, "/data/attributes/name"),
                   attrs.opt_in_process or DEFAULT_OPT_IN, now, now)  # fmt: skip
-    store = _store(request)
+    store = store_of(request)
     limit = request.app.state.daily_limits.get("list")
     if limit is not None:
         since = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(timespec="seconds")
@@ -200,7 +198,7 @@ async def get_lists(request: Request) -> Response:
             continue
         raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
     members.group_order(q, query)
-    rows = _store(request).lists(query)
+    rows = store_of(request).lists(query)
     page, more = rows[: q.size], len(rows) > q.size
     last = page[-1] if page else None
     next_value = None
@@ -225,7 +223,7 @@ async def get_list(request: Request) -> Response:
     row = _find(request, caller)
     count = None
     if counted:
-        count = _store(request).list_profile_counts(caller.account_id, [row.id]).get(row.id, 0)
+        count = store_of(request).list_profile_counts(caller.account_id, [row.id]).get(row.id, 0)
     resource = list_resource(row, base_url(request), count, included=bool(q.include))
     document: dict[str, Any] = {
         "data": sparse(resource, q.fields.get("list")),
@@ -252,7 +250,7 @@ async def update_list(request: Request) -> Response:
         changes["name"] = _name(data.attributes.name, "/data/attributes/name")
     if data.attributes.opt_in_process is not None:
         changes["opt_in_process"] = data.attributes.opt_in_process
-    updated = _store(request).update_list(caller.account_id, row.id, changes, _now())
+    updated = store_of(request).update_list(caller.account_id, row.id, changes, now_iso())
     if updated is None:  # deleted meanwhile
         raise _not_found(list_id)
     resource = list_resource(updated, base_url(request))
@@ -263,9 +261,9 @@ async def update_list(request: Request) -> Response:
 async def delete_list(request: Request) -> Response:
     caller = identify_caller(request, scope="lists:write", endpoint_class="list_write")
     row = _find(request, caller)
-    if not _store(request).delete_list(caller.account_id, row.id):  # deleted meanwhile
+    if not store_of(request).delete_list(caller.account_id, row.id):  # deleted meanwhile
         raise _not_found(row.id)
-    recompute_dependents(_store(request), caller.account_id, row.id)
+    recompute_dependents(store_of(request), caller.account_id, row.id)
     return jsonapi_response(204, None, caller.headers)
 
 
@@ -299,7 +297,7 @@ async def _change_members(request: Request, add: bool) -> Response:
         if not members.valid_id(ref.id):
             raise invalid(f"No profile with id {ref.id[:64]!r} exists.", f"/data/{n}/id")
         wanted.setdefault(ref.id, n)
-    store = _store(request)
+    store = store_of(request)
     ids = list(wanted)
     found: set[str] = set()
     for start in range(0, len(ids), members.CHUNK):
@@ -331,7 +329,7 @@ async def remove_list_profiles(request: Request) -> Response:
 
 
 def _lists_of_profile(request: Request, caller: Caller) -> list[ListRow]:
-    store = _store(request)
+    store = store_of(request)
     rows: list[ListRow] = members.groups_of_profile(
         request, caller, "list",
         lambda ids: store.lists(ListQuery(caller.account_id, ids=ids, limit=len(ids))),

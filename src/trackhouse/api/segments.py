@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trackhouse.api import members
-from trackhouse.api.accept import Caller, identify_caller, jsonapi_response
+from trackhouse.api.accept import Caller, identify_caller, jsonapi_response, now_iso, store_of
 from trackhouse.api.body import MB, decode_json, read_body, require_json_content_type
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
@@ -89,15 +89,6 @@ class UpdateQuery(_Wire):
     data: UpdateData
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
 def _name(name: str) -> str:
     pointer = "/data/attributes/name"
     if not name.strip():
@@ -158,7 +149,9 @@ def _find(request: Request, caller: Caller) -> SegmentRow:
     segment_id = request.path_params["segment_id"]
     found = None
     if members.valid_id(segment_id):
-        rows = _store(request).segments(SegmentQuery(caller.account_id, ids=[segment_id], limit=1))
+        rows = store_of(request).segments(
+            SegmentQuery(caller.account_id, ids=[segment_id], limit=1)
+        )
         found = rows[0] if rows else None
     if found is None:
         raise _not_found(segment_id)
@@ -244,7 +237,7 @@ def recompute_dependents(store: Store, account_id: str, group_id: str) -> None:
         except (DefinitionError, msgspec.DecodeError):
             continue
         if group_id in named:
-            store.update_segment(account_id, row.id, {"is_active": True}, _now())
+            store.update_segment(account_id, row.id, {"is_active": True}, now_iso())
 
 
 def restart_relative(store: Store, account_id: str) -> list[str]:
@@ -295,7 +288,7 @@ async def create_segment(request: Request) -> Response:
     _needs(caller, DEFINITIONS, "Creating a segment")
     require_json_content_type(request)
     attrs = decode_json(await read_body(request, 1 * MB), CreateQuery).data.attributes
-    store = _store(request)
+    store = store_of(request)
     name = _name(attrs.name)
     limit = request.app.state.daily_limits.get("segment")
     if limit is not None:
@@ -303,7 +296,7 @@ async def create_segment(request: Request) -> Response:
         recent = store.segments(SegmentQuery(caller.account_id, created_after=since,
                                              sort="created", limit=limit))  # fmt: skip
         check_daily("segment", limit, [r.created for r in recent], time.time())
-    now = _now()
+    now = now_iso()
     while True:  # a random id that is taken: draw another
         segment_id = short_id()
         definition = _definition(store, caller.account_id, attrs.definition, segment_id)
@@ -338,7 +331,7 @@ async def get_segments(request: Request) -> Response:
         else:
             raise q.bad_filter(f"'{c.op}' on '{c.field}' is not supported")
     members.group_order(q, query)
-    rows = _store(request).segments(query)
+    rows = store_of(request).segments(query)
     page, more = rows[: q.size], len(rows) > q.size
     next_value = None
     if more and page:
@@ -364,7 +357,7 @@ async def get_segment(request: Request) -> Response:
     row = _find(request, caller)
     count = None
     if counted:
-        count = _store(request).segment_profile_counts(caller.account_id, [row.id]).get(row.id, 0)
+        count = store_of(request).segment_profile_counts(caller.account_id, [row.id]).get(row.id, 0)
     resource = segment_resource(row, base_url(request), caller, count, included=bool(q.include))
     document: dict[str, Any] = {
         "data": sparse(resource, q.fields.get("segment")),
@@ -395,7 +388,7 @@ async def update_segment(request: Request) -> Response:
             raise invalid("Deactivating a segment must be the only change in the request.",
                           "/data/attributes/is_active")  # fmt: skip
     row = _find(request, caller)
-    store = _store(request)
+    store = store_of(request)
     changes: dict[str, Any] = {}
     if attrs.name is not None:
         changes["name"] = _name(attrs.name)
@@ -407,7 +400,7 @@ async def update_segment(request: Request) -> Response:
         changes["is_active"] = attrs.is_active
     updated = row
     if changes:
-        found = store.update_segment(caller.account_id, row.id, changes, _now())
+        found = store.update_segment(caller.account_id, row.id, changes, now_iso())
         if found is None:  # deleted meanwhile
             raise _not_found(segment_id)
         updated = found
@@ -423,9 +416,9 @@ async def delete_segment(request: Request) -> Response:
     caller = identify_caller(request, scope="segments:write", endpoint_class="segment_delete")
     _needs(caller, DEFINITIONS, "Deleting a segment")
     row = _find(request, caller)
-    if not _store(request).delete_segment(caller.account_id, row.id):
+    if not store_of(request).delete_segment(caller.account_id, row.id):
         raise _not_found(row.id)
-    recompute_dependents(_store(request), caller.account_id, row.id)
+    recompute_dependents(store_of(request), caller.account_id, row.id)
     return jsonapi_response(204, None, caller.headers)
 
 
@@ -447,7 +440,7 @@ async def get_segment_profile_ids(request: Request) -> Response:
 
 
 def _segments_of_profile(request: Request, caller: Caller) -> list[SegmentRow]:
-    store = _store(request)
+    store = store_of(request)
     rows: list[SegmentRow] = members.groups_of_profile(
         request, caller, "segment",
         lambda ids: store.segments(SegmentQuery(caller.account_id, ids=ids, limit=len(ids))),

@@ -41,6 +41,7 @@ from trackhouse.segments.definition import (
     parse_condition,
     parse_date_filter,
     parse_filter,
+    strict_object,
 )
 
 MAX_ACTIONS = 100
@@ -174,20 +175,9 @@ def _check_shape(schema: str, value: Any, pointer: str) -> None:
         raise _fail(*error)
 
 
-def _object(value: Any, pointer: str, required: set[str], optional: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(pointer, "must be an object")
-    for key in value:
-        if key not in required and key not in optional:
-            raise _fail(f"{pointer}/{key}", f"unknown key {key!r}")
-    for key in sorted(required - value.keys()):
-        raise _fail(f"{pointer}/{key}", f"{key!r} is required")
-    return value
-
-
 def _groups(value: Any, pointer: str, parse: Callable[[Any, str], Any]) -> tuple:
     """condition_groups (groups AND, conditions OR), each condition parsed by `parse`."""
-    raw = _object(value, pointer, {"condition_groups"}, set())
+    raw = strict_object(value, pointer, {"condition_groups"}, set())
     groups_raw = raw["condition_groups"]
     at = pointer + "/condition_groups"
     if not isinstance(groups_raw, list) or not groups_raw:
@@ -196,7 +186,7 @@ def _groups(value: Any, pointer: str, parse: Callable[[Any, str], Any]) -> tuple
     groups = []
     for g, group in enumerate(groups_raw):
         gp = f"{at}/{g}"
-        conditions = _object(group, gp, {"conditions"}, set())["conditions"]
+        conditions = strict_object(group, gp, {"conditions"}, set())["conditions"]
         if not isinstance(conditions, list) or not conditions:
             raise _fail(gp + "/conditions", "must be a non-empty list of conditions")
         count += len(conditions)
@@ -211,13 +201,13 @@ def _flow_condition(value: Any, pointer: str) -> Condition | FlowMetricCondition
     if kind == "profile-metric":
         frame = value.get("timeframe_filter")
         if isinstance(frame, dict) and frame.get("operator") == "flow-start":
-            _object(frame, pointer + "/timeframe_filter", {"type", "operator"}, set())
+            strict_object(frame, pointer + "/timeframe_filter", {"type", "operator"}, set())
             if frame["type"] != "date":
                 raise _fail(pointer + "/timeframe_filter/type", "must be 'date'")
             alltime = {**value, "timeframe_filter": {"type": "date", "operator": "alltime"}}
             return FlowMetricCondition(parse_condition(alltime, pointer))
     if kind == "profile-sample":
-        raw = _object(value, pointer, {"type", "percentage"}, set())
+        raw = strict_object(value, pointer, {"type", "percentage"}, set())
         percentage = raw["percentage"]
         if isinstance(percentage, bool) or not isinstance(percentage, int):
             raise _fail(pointer + "/percentage", "must be an integer")
@@ -226,7 +216,7 @@ def _flow_condition(value: Any, pointer: str) -> Condition | FlowMetricCondition
         return FlowCondition(kind, percentage=percentage)
     if kind in ("profile-not-in-flow", "profile-not-sent-email", "profile-not-sent-sms",
                 "profile-not-sent-push"):  # fmt: skip
-        raw = _object(value, pointer, {"type", "timeframe_filter"}, set())
+        raw = strict_object(value, pointer, {"type", "timeframe_filter"}, set())
         frame = parse_date_filter(raw["timeframe_filter"], pointer + "/timeframe_filter",
                                   {"alltime", "in-the-last"})  # fmt: skip
         return FlowCondition(kind, timeframe=frame)
@@ -242,7 +232,7 @@ def parse_profile_filter(value: Any, pointer: str) -> ProfileFilter | None:
 
 def _property_condition(metric_id: str) -> Callable[[Any, str], tuple[str, Filter]]:
     def parse(value: Any, pointer: str) -> tuple[str, Filter]:
-        raw = _object(value, pointer, {"type", "metric_id", "field", "filter"}, set())
+        raw = strict_object(value, pointer, {"type", "metric_id", "field", "filter"}, set())
         if raw["type"] != "metric-property":
             raise _fail(pointer + "/type", "must be 'metric-property'")
         if raw["metric_id"] != metric_id:
@@ -263,7 +253,7 @@ def _event_filter(value: Any, pointer: str) -> Filter:
         and value.get("type") == "numeric"
         and (value.get("operator") == "between")
     ):
-        raw = _object(value, pointer, {"type", "operator", "start", "end"}, set())
+        raw = strict_object(value, pointer, {"type", "operator", "start", "end"}, set())
         for key in ("start", "end"):
             if isinstance(raw[key], bool) or not isinstance(raw[key], int | float):
                 raise _fail(f"{pointer}/{key}", "must be a number")
@@ -427,7 +417,7 @@ def _next(action: Action) -> list[tuple[str, str | None]]:
 def parse_flow_definition(
     value: Any, pointer: str = "/data/attributes/definition", *, creating: bool = True
 ) -> FlowDefinition:
-    raw = _object(value, pointer, {"triggers", "actions", "entry_action_id"},
+    raw = strict_object(value, pointer, {"triggers", "actions", "entry_action_id"},
                   {"profile_filter", "reentry_criteria"})  # fmt: skip
     triggers = raw["triggers"]
     if not isinstance(triggers, list) or len(triggers) != 1:

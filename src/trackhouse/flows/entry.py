@@ -10,7 +10,8 @@ decision is recorded, per event and flow, for the event's receipt and its bulk j
 - `entered`: a run begins, its first step due at the event's time (steps are anchored to the
   trigger, so an event from the past runs its overdue steps at once, flows/runner.py).
 
-Accounts with no flow triggered by a metric of the batch pay one query a batch.
+Joins of lists and segments enter the flows they trigger too (`enter_joins`). Accounts with no
+flow triggered by a metric of the batch pay one query a batch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from trackhouse.flows.filters import FlowFacts, FlowTest, compile_filter, event_
 from trackhouse.ids import new_ulid
 from trackhouse.process.identity import ProfileBook
 from trackhouse.segments.definition import DefinitionError
-from trackhouse.store.base import EVENTS_PER_ENTRY, FlowRow, StoreWriter
+from trackhouse.store.base import EVENTS_PER_ENTRY, FlowRow, MembershipChange, StoreWriter
 from trackhouse.store.flows import Decision, FlowRunWrites, RunRow
 
 # A stored event as processing has it: (insert row, properties); the row's fields are those
@@ -100,6 +101,50 @@ class Entry:
                     )
             if triggered:
                 self._enter_account(account_id, events, triggered)
+
+    def enter_joins(self, joins: list[MembershipChange]) -> None:
+        """Joins of lists and segments (in their transaction) enter the flows they trigger:
+        a list's on every join; a segment's when the profile newly qualifies because of its
+        data or the clock, never because the definition was made or edited (Klaviyo's
+        rule). No receipt shows these decisions: the runs do (GET /admin/flow-runs)."""
+        by_account: dict[str, list[MembershipChange]] = {}
+        for join in joins:
+            if join[5] != "definition":
+                by_account.setdefault(join[1], []).append(join)
+        for account_id, found in by_account.items():
+            triggered: dict[tuple[str, str], list[tuple[FlowRow, FlowDefinition]]] = {}
+            for flow in self.runs.account_flows(account_id):
+                definition = self.flows.definition(flow)
+                if flow.trigger[0] != "metric" and flow.status == "live" and definition:
+                    triggered.setdefault(flow.trigger, []).append((flow, definition))
+            if not triggered:
+                continue
+            now = self.clock(account_id)
+            runs: list[RunRow] = []
+            steps: list[tuple[str, str, str, float]] = []
+            for kind, _, group_id, profile_id, at, _ in found:
+                anchor = datetime.fromisoformat(at).timestamp()
+                for flow, definition in triggered.get((kind, group_id), ()):
+                    last = self.runs.last_entries(account_id, flow.id, [profile_id])
+                    if reentry_blocked(definition, last.get(profile_id), anchor):
+                        continue
+                    if definition.profile_filter is not None:
+                        profile = self.book.get(account_id, profile_id)
+                        facts = FlowFacts.load(
+                            self.store, self.runs, account_id, profile_id,
+                            definition.profile_filter, anchor, flow.id, None,
+                        )  # fmt: skip
+                        test = self.flows.test(definition.profile_filter)
+                        if profile is None or not test(profile, now, facts):
+                            continue
+                    run_id = new_ulid()
+                    status = "active" if definition.entry else "completed"
+                    runs.append(RunRow(run_id, account_id, flow.id, profile_id, kind, None,
+                                       anchor, now.timestamp(), status))  # fmt: skip
+                    if definition.entry:
+                        steps.append((account_id, run_id, definition.entry, anchor))
+            if runs:
+                self.runs.add_runs(runs, steps)
 
     def _enter_account(
         self, account_id: str, events: list[tuple[tuple[Any, ...], dict[str, Any]]],

@@ -272,6 +272,8 @@ class Membership:
         self.store = store
         self.book = book
         self.clock = clock
+        # Told of the joins of each transaction, in it (the flows they may enter).
+        self.on_joins: Callable[[list[MembershipChange]], None] | None = None
         self._parsed: dict[tuple[str, int, str], Segment | None] = {}
         # Profiles as last committed, where this processor is the store's one writer
         # (`store.shared` false): then nothing else changes a profile, its events or its
@@ -490,6 +492,8 @@ class Membership:
                 self._stage(pid, marks[pid], facts[pid])
         if joins or leaves:
             self.store.change_memberships(joins, leaves)
+            if joins and self.on_joins is not None:
+                self.on_joins(joins)
 
     @staticmethod
     def _change_lists(
@@ -596,6 +600,8 @@ class Membership:
                     self._staged[pid] = _Known(known.mark, facts[pid].groups, measures)
             if joins or leaves:
                 self.store.change_memberships(joins, leaves)
+            if joins and self.on_joins is not None:
+                self.on_joins(joins)
             done = len(page) < limit
             self.store.segment_progress(account_id, segment_id, row.version,
                                         None if done else pids[-1])  # fmt: skip

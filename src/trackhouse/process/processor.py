@@ -105,6 +105,7 @@ class Processor:
         self.flows = Flows(runs)
         self.entry = Entry(self.store, runs, self.book, self.flows, clock or self.clocks.moment)
         self.runner = Runner(self.store, runs, self.book, self.flows)
+        self.membership.on_joins = self.entry.enter_joins
         self.deliveries_wake = threading.Event()  # set when a webhook delivery is queued
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
@@ -262,6 +263,8 @@ class Processor:
         return len(claimed)
 
     def _run_flows(self) -> int:
+        if self.store.shared:
+            self.forget()  # other workers change profiles between transactions
         self._list_changes = []
         touched: dict[str, set[str]] = {}
         try:
@@ -473,7 +476,8 @@ class Processor:
         if not self.store.list_exists(s.account_id, change.list_id):
             detail = f"no list with id {change.list_id[:64]} exists"
             return _row(seq, s, profile.id, [("rejected", None, detail)])
-        at = _iso(s.received_at)
+        # When it was accepted, on the account's clock (a list join triggers flows from then).
+        at = _iso(self.clocks.setting(s.account_id).now(s.received_at))
         self._list_changes.append((s.account_id, change.list_id, profile.id, change.add, at))
         return _row(seq, s, profile.id, [("stored", None, None)])
 

@@ -159,7 +159,9 @@ class Definition:
     groups: tuple[tuple[Condition, ...], ...]
 
 
-def _object(value: Any, pointer: str, required: set[str], optional: set[str]) -> dict[str, Any]:
+def strict_object(
+    value: Any, pointer: str, required: set[str], optional: set[str]
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DefinitionError(pointer, "must be an object")
     for key in value:
@@ -242,7 +244,7 @@ def parse_property(value: Any, pointer: str) -> Property:
 def parse_filter(value: Any, pointer: str, *, event_property: bool = False) -> Filter:
     """A property filter. `event_property`: one of a metric condition's `metric_filters`,
     which also take the list set and substring operators."""
-    raw = _object(value, pointer, {"type", "operator"}, {"value", "unit", "quantity", "start",
+    raw = strict_object(value, pointer, {"type", "operator"}, {"value", "unit", "quantity", "start",
                                                           "end", "date"})  # fmt: skip
     kind = _enum(raw["type"], pointer + "/type",
                  {"string", "numeric", "boolean", "date", "list", "existence"})  # fmt: skip
@@ -250,7 +252,7 @@ def parse_filter(value: Any, pointer: str, *, event_property: bool = False) -> F
     at = pointer + "/operator"
 
     def keys(*required: str) -> None:
-        _object(raw, pointer, {"type", "operator", *required}, set())
+        strict_object(raw, pointer, {"type", "operator", *required}, set())
 
     if kind == "string":
         if op in ("phone-country-code-in", "phone-country-code-not-in"):
@@ -331,13 +333,13 @@ JOINED_OPERATORS = {"before", "after", "between-static", "in-the-last", "at-leas
 
 
 def parse_date_filter(raw: Any, pointer: str, operators: set[str]) -> Filter:
-    raw = _object(raw, pointer, {"type", "operator"}, {"unit", "quantity", "start", "end",
+    raw = strict_object(raw, pointer, {"type", "operator"}, {"unit", "quantity", "start", "end",
                                                         "date", "value"})  # fmt: skip
     kind = _enum(raw["type"], pointer + "/type", {"date"})
     op = _enum(raw["operator"], pointer + "/operator", operators)
 
     def keys(*required: str) -> None:
-        _object(raw, pointer, {"type", "operator", *required}, set())
+        strict_object(raw, pointer, {"type", "operator", *required}, set())
 
     if op == "alltime":
         keys()
@@ -378,19 +380,19 @@ def parse_condition(value: Any, pointer: str) -> Condition:
         raise DefinitionError(pointer, "must be an object")
     kind = value.get("type")
     if kind == "profile-property":
-        raw = _object(value, pointer, {"type", "property", "filter"}, set())
+        raw = strict_object(value, pointer, {"type", "property", "filter"}, set())
         return PropertyCondition(
             parse_property(raw["property"], pointer + "/property"),
             parse_filter(raw["filter"], pointer + "/filter"),
         )
     if kind == "profile-region":
-        raw = _object(value, pointer, {"type", "in_region", "region"}, set())
+        raw = strict_object(value, pointer, {"type", "in_region", "region"}, set())
         if not isinstance(raw["in_region"], bool):
             raise DefinitionError(pointer + "/in_region", "must be true or false")
         return RegionCondition(raw["in_region"], _enum(raw["region"], pointer + "/region", REGIONS))
     if kind == "profile-metric":
-        raw = _object(value, pointer, {"type", "metric_id", "measurement", "measurement_filter",
-                                       "timeframe_filter"}, {"metric_filters"})  # fmt: skip
+        required = {"type", "metric_id", "measurement", "measurement_filter", "timeframe_filter"}
+        raw = strict_object(value, pointer, required, {"metric_filters"})
         metric_id = _string(raw["metric_id"], pointer + "/metric_id")
         assert metric_id is not None
         measurement = _enum(raw["measurement"], pointer + "/measurement", {"count", "sum"})
@@ -409,7 +411,7 @@ def parse_condition(value: Any, pointer: str) -> Condition:
         metric_filters = []
         for n, item in enumerate(filters_raw):
             at = f"{pointer}/metric_filters/{n}"
-            entry = _object(item, at, {"property"}, {"filter"})
+            entry = strict_object(item, at, {"property"}, {"filter"})
             name = _string(entry["property"], at + "/property")
             if not name:
                 raise DefinitionError(at + "/property", "must name an event property")
@@ -432,7 +434,7 @@ def parse_condition(value: Any, pointer: str) -> Condition:
             raise DefinitionError(pointer + "/is_member", "must be true or false")
         member = value["is_member"]
         optional = {"timeframe_filter"} if member else set()
-        raw = _object(value, pointer, {"type", "is_member", "group_ids"}, optional)
+        raw = strict_object(value, pointer, {"type", "is_member", "group_ids"}, optional)
         ids = raw["group_ids"]
         if not isinstance(ids, list) or not ids or len(ids) > MAX_GROUPS:
             raise DefinitionError(pointer + "/group_ids", f"must be a list of 1 to {MAX_GROUPS}"
@@ -456,7 +458,7 @@ def parse_condition(value: Any, pointer: str) -> Condition:
 
 
 def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -> Definition:
-    raw = _object(value, pointer, {"condition_groups"}, set())
+    raw = strict_object(value, pointer, {"condition_groups"}, set())
     groups_raw = raw["condition_groups"]
     at = pointer + "/condition_groups"
     if not isinstance(groups_raw, list) or not groups_raw:
@@ -465,7 +467,7 @@ def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -
     count = 0
     for g, group in enumerate(groups_raw):
         gp = f"{at}/{g}"
-        conditions_raw = _object(group, gp, {"conditions"}, set())["conditions"]
+        conditions_raw = strict_object(group, gp, {"conditions"}, set())["conditions"]
         if not isinstance(conditions_raw, list) or not conditions_raw:
             raise DefinitionError(gp + "/conditions", "must be a non-empty list of conditions")
         count += len(conditions_raw)
