@@ -209,10 +209,12 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def _webhook_flow(server: Server, api: httpx.Client, url: str) -> str:
+def _webhook_flow(server: Server, api: httpx.Client, url: str, body: str | None = None) -> str:
     cart, placed = _metric(server, api, "Added to Cart"), _metric(server, api, "Placed Order")
     definition = abandoned_cart(cart, placed)
     definition["actions"][2]["data"]["message"]["url"] = url
+    if body is not None:
+        definition["actions"][2]["data"]["message"]["body"] = body
     body = {"data": {"type": "flow", "attributes": {"name": "Hook", "definition": definition}}}
     r = api.post("/api/flows", json=body)
     assert r.status_code == 201, r.text
@@ -233,13 +235,17 @@ def test_the_webhook_is_posted_with_its_headers_and_rendered_body(
     world: tuple[Server, httpx.Client, httpx.Client], receiver: Receiver
 ) -> None:
     server, api, admin = world
-    flow_id = _webhook_flow(server, api, receiver.url)
-    _send(api, "ivy@example.com", "Added to Cart", value=99, properties={"ItemName": "Kite"})
+    template = (
+        '{"email": "{{ person.email }}", "count": {{ event.Count }}, "price": {{ event.Price }}}'
+    )
+    flow_id = _webhook_flow(server, api, receiver.url, template)
+    item = {"ItemName": "Kite", "Count": 3, "Price": 12.5}
+    _send(api, "ivy@example.com", "Added to Cart", value=99, properties=item)
     server.settle()
     assert receiver.requests == []  # 4 hours to go
     assert admin.post("/admin/clock/advance", json={"seconds": 4 * 3600}).status_code == 200
     ((headers, body),) = receiver.requests
-    assert msgspec.json.decode(body) == {"email": "ivy@example.com"}
+    assert msgspec.json.decode(body) == {"email": "ivy@example.com", "count": 3, "price": 12.5}
     assert headers["x-shop"] == "demo" and headers["content-type"] == "application/json"
     (delivery,) = _deliveries(admin)
     assert headers["idempotency-key"] == delivery["idempotency_key"]

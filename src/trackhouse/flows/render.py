@@ -12,10 +12,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import django
 from django.conf import settings
 
-if not settings.configured:
-    settings.configure(USE_TZ=True, TIME_ZONE="UTC")
+if not settings.configured:  # numbers and dates are formatted with no locale (no i18n)
+    settings.configure(USE_TZ=True, TIME_ZONE="UTC", USE_I18N=False, INSTALLED_APPS=[])
+    django.setup()
 
 from django.template import Context, Engine, Library, TemplateSyntaxError
 

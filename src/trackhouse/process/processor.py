@@ -252,14 +252,17 @@ class Processor:
         assert isinstance(runs, FlowRunWrites)
         with self.lock, self.store.transaction():
             claimed = runs.claim_deliveries(time.time(), webhooks.LEASE_SECONDS, limit)
+        results = []
         for delivery in claimed:
             result = webhooks.send(client, delivery)
             at = delivery.next_at if delivery.next_at is not None else time.time()
-            status, next_at, detail = webhooks.after(delivery, result, at)
             attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
                                  result.duration_ms, result.error)  # fmt: skip
+            results.append((delivery, attempt, *webhooks.after(delivery, result, at)))
+        if results:  # the round's results at once (a crash before: all are sent again)
             with self.lock, self.store.transaction():
-                runs.record_attempt(delivery, attempt, status, next_at, detail)
+                for delivery, attempt, status, next_at, detail in results:
+                    runs.record_attempt(delivery, attempt, status, next_at, detail)
         return len(claimed)
 
     def _run_flows(self) -> int:
