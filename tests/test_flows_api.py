@@ -217,6 +217,10 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str, str]] = [
     ("an A/B test", lambda d: d["actions"].append({"temporary_id": "ab", "type": "ab-test",
                                                     "data": {}}),
      f"{D}/actions/4/type", "not supported"),
+    ("multi-branch links", lambda d: d["actions"].append({
+        "temporary_id": "mb", "type": "multi-branch-split", "links": {"next": "zzz"},
+        "data": {"name": "b", "branches": [{"branch_id": "e", "is_else": True}]}}),
+     f"{D}/actions/4/links", "through its branches"),
     ("code", lambda d: d["actions"].append({"temporary_id": "c", "type": "code"}),
      f"{D}/actions/4/type", "not supported"),
     ("whatsapp", lambda d: d["actions"].append({"temporary_id": "w", "type": "send-whatsapp"}),

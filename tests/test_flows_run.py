@@ -359,11 +359,18 @@ def test_list_and_segment_joins_enter_their_flows(
 
     plan = {"type": "string", "operator": "equals", "value": "gold"}
     gold = {"type": "profile-property", "property": "properties['plan']", "filter": plan}
-    segment = {"condition_groups": [{"conditions": [gold]}]}
+    nobody = {**gold, "filter": {**plan, "value": "platinum"}}
+    segment = {"condition_groups": [{"conditions": [nobody]}]}
     body = {"data": {"type": "segment", "attributes": {"name": "Gold", "definition": segment}}}
     segment_id = api.post("/api/segments", json=body).json()["data"]["id"]
-    server.settle()  # ann and bob join by definition: no flow enters on that
-    _group_flow(api, "segment", segment_id)
+    server.settle()
+    _group_flow(api, "segment", segment_id)  # live before the edit that makes ann and bob join
+    gold_only = {"condition_groups": [{"conditions": [gold]}]}
+    edit = {"data": {"type": "segment", "id": segment_id, "attributes": {"definition": gold_only}}}
+    assert api.patch(f"/api/segments/{segment_id}", json=edit).status_code == 200
+    server.settle()  # they joined by the edited definition: no flow enters on that
+    members = api.get(f"/api/segments/{segment_id}/relationships/profiles").json()["data"]
+    assert {m["id"] for m in members} == {ann, bob}
     (cyd,) = new_profiles(server, api, 1, plan="silver")
     email = api.get(f"/api/profiles/{cyd}").json()["data"]["attributes"]["email"]
     upgrade = event_body(email, profile_attributes={"email": email, "properties": {"plan": "gold"}})
@@ -373,3 +380,30 @@ def test_list_and_segment_joins_enter_their_flows(
                     if m["subject"] == "Welcome (segment)"]  # fmt: skip
     assert [m["profile_id"] for m in segment_mail] == [cyd]
     assert bob not in {r["profile_id"] for r in admin.get("/admin/flow-runs").json()["data"]}
+
+
+def test_the_flows_status_is_its_actions_status(
+    world: tuple[Server, httpx.Client, httpx.Client],
+) -> None:
+    """An email action created with no status (a draft) sends once the flow is set live, and
+    queues without sending once it is set manual (Klaviyo's statuses)."""
+    server, api, admin = world
+    viewed = _metric(server, api, "Viewed Product")
+    definition = {
+        "triggers": [{"type": "metric", "id": viewed}],
+        "entry_action_id": "mail",
+        "actions": [{"temporary_id": "mail", "type": "send-email", "links": {"next": None},
+                     "data": {"message": {"subject_line": "Hi"}}}],
+    }  # fmt: skip
+    body = {"data": {"type": "flow", "attributes": {"name": "s", "definition": definition}}}
+    flow_id = api.post("/api/flows", json=body).json()["data"]["id"]
+    for status, email in (("live", "sent@example.com"), ("manual", "queued@example.com")):
+        patch = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": status}}}
+        assert api.patch(f"/api/flows/{flow_id}", json=patch).status_code == 200
+        stored = api.get(f"/api/flows/{flow_id}", params={"additional-fields[flow]": "definition"})
+        (action,) = stored.json()["data"]["attributes"]["definition"]["actions"]
+        assert action["data"]["status"] == status
+        _send(api, email, "Viewed Product")
+        server.settle()
+    outbox = {m["recipient"]: m["status"] for m in admin.get("/admin/outbox").json()["data"]}
+    assert outbox == {"sent@example.com": "sent", "queued@example.com": "queued"}

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from trackhouse.api import auth
 from trackhouse.api.accept import accounts, event_log, jsonapi_response
 from trackhouse.api.errors import APIError
-from trackhouse.clock import REAL_TIME
+from trackhouse.clock import REAL_TIME, Clocks
 from trackhouse.store import ResetElsewhere
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Store
@@ -42,7 +42,9 @@ def _behind(heads: dict[int, int], positions: dict[int, int]) -> bool:
     return any(positions.get(p, 0) < head for p, head in heads.items())
 
 
-async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
+async def caught_up(
+    request: Request, seconds: float, account_id: str | None = None
+) -> tuple[int, int]:
     """Wait until everything committed to the log when called — by any API process — is
     processed, in every partition, no segment's members are still being computed and no flow
     step or webhook attempt that is due waits to run;
@@ -69,7 +71,8 @@ async def caught_up(request: Request, seconds: float) -> tuple[int, int]:
                 "The members of {} segment(s) are still being computed.")  # fmt: skip
     if isinstance(store, FlowRunReads):
         waiting = "{} flow step(s) or webhook attempt(s) that are due have not run yet."
-        await drain(request, lambda: _flow_work_due(store), deadline, waiting)
+        clocks = request.app.state.clocks
+        await drain(request, lambda: _flow_work_due(store, clocks, account_id), deadline, waiting)
     return sum(positions.values()), sum(heads.values())
 
 
@@ -87,9 +90,14 @@ async def drain(request: Request, count: Callable[[], int], deadline: float, det
         await asyncio.sleep(0.01)
 
 
-def _flow_work_due(reads: FlowRunReads) -> int:
-    wall = time.time()
-    return reads.steps_due_now(wall) + reads.deliveries_due_now(wall)
+def _flow_work_due(reads: FlowRunReads, clocks: Clocks, account_id: str | None) -> int:
+    """Flow steps and webhook attempts that are due: the account's on its clock (another
+    tenant's backlog or failing webhook does not hold its wait), or every account's."""
+    if account_id is None:
+        wall = time.time()
+        return reads.steps_due_now(wall) + reads.deliveries_due_now(wall)
+    now = clocks.now(account_id)
+    return reads.steps_due(account_id, now) + reads.deliveries_due(account_id, now)
 
 
 def _status(position: int, head: int) -> dict:
@@ -103,8 +111,8 @@ def _status(position: int, head: int) -> dict:
 
 
 async def wait(request: Request) -> Response:
-    auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
-    position, head = await caught_up(request, timeout_param(request))
+    account_id = auth.private_key_account(request, accounts(request), ADMIN_SCOPE)
+    position, head = await caught_up(request, timeout_param(request), account_id)
     return jsonapi_response(200, _status(position, head))
 
 

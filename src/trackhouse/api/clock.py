@@ -128,21 +128,22 @@ async def advance_clock(request: Request) -> Response:
     if (body.seconds is None) == (body.to is None):
         raise invalid("Give exactly one of `seconds` (how far to move) and `to` (an ISO 8601 "
                       "date-time).", "")  # fmt: skip
-    await caught_up(request, seconds)
+    if body.seconds is not None and (not math.isfinite(body.seconds) or body.seconds < 0):
+        raise invalid("`seconds` must be a number of seconds, 0 or more.", "/seconds")
+    wanted_to = None if body.to is None else _instant(body.to, "/to")
+    await caught_up(request, seconds, account_id)
     clocks = _clocks(request)
     clocks.refresh()
     before = clocks.setting(account_id)
     wall = time.time()
     start = before.now(wall)
     if body.seconds is not None:
-        if not math.isfinite(body.seconds) or body.seconds < 0:
-            raise invalid("`seconds` must be a number of seconds, 0 or more.", "/seconds")
         target = start + body.seconds
         if target >= LATEST.timestamp():
             raise invalid("The clock can be advanced up to (not including) 3000.", "/seconds")
     else:
-        assert body.to is not None
-        target = _instant(body.to, "/to")
+        assert wanted_to is not None
+        target = wanted_to
         if target < start:
             raise invalid(
                 f"`to` is before the clock's now ({iso(start)}): the clock only goes forward "
@@ -178,7 +179,7 @@ async def _steps_done(request: Request, account_id: str, until: float, deadline:
         return reads.steps_due(account_id, until) + reads.deliveries_due(account_id, until)
 
     while True:
-        await caught_up(request, max(0.0, deadline - time.monotonic()))
+        await caught_up(request, max(0.0, deadline - time.monotonic()), account_id)
         if not await asyncio.to_thread(due):
             return
         await drain(request, due, deadline,

@@ -31,7 +31,7 @@ from trackhouse.api.body import MB, decode_json, read_body, require_json_content
 from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.paging import ListRequest, base_url, invalid_parameter, page_links
 from trackhouse.api.ratelimit import check_daily
-from trackhouse.flows import webhooks
+from trackhouse.flows import render, webhooks
 from trackhouse.flows.definition import (
     MESSAGE_CHANNELS,
     FlowDefinition,
@@ -244,6 +244,15 @@ def _check_references(store: Store, account_id: str, definition: FlowDefinition)
             why = webhooks.refused(action.raw["data"]["message"]["url"], resolve=False)
             if why is not None:
                 raise invalid(f"This server {why}.", f"{POINTER}/actions/{n}/data/message/url")
+        message = (action.raw.get("data") or {}).get("message")
+        if action.channel and isinstance(message, dict):
+            texts = [(k, message.get(k)) for k in ("subject_line", "preview_text", "title", "body")]
+            texts += [(f"headers/{k}", v) for k, v in (message.get("headers") or {}).items()]
+            for key, text in texts:
+                why = render.check(text) if isinstance(text, str) else None
+                if why is not None:
+                    raise invalid(f"The template does not compile: {why}",
+                                  f"{POINTER}/actions/{n}/data/message/{key}")  # fmt: skip
     named = sorted(_metrics_named(definition))
     if named:
         known = {m.id for m in store.metrics(account_id, ids=named)}
@@ -479,7 +488,12 @@ async def update_flow(request: Request) -> Response:
         actions.append(FlowActionRow(a.id, a.flow_id, a.type, status,
                                      msgspec.json.encode(raw).decode(), a.message_id, a.created,
                                      a.updated))  # fmt: skip
-    updated = store.update_flow(caller.account_id, row.id, status, now_iso(), actions)
+    definition = msgspec.json.decode(row.definition)
+    for action in definition.get("actions", []):  # what processing runs by
+        if isinstance(action.get("data"), dict) and "status" in action["data"]:
+            action["data"]["status"] = status
+    updated = store.update_flow(caller.account_id, row.id, status, now_iso(), actions,
+                                msgspec.json.encode(definition).decode())  # fmt: skip
     if updated is None:
         raise _not_found("flow", flow_id)
     resource = flow_resource(updated, base_url(request))

@@ -363,6 +363,8 @@ def _action(value: Any, pointer: str, creating: bool) -> Action:
         links = {"next_if_true": raw_links["next_if_true"],
                  "next_if_false": raw_links["next_if_false"]}  # fmt: skip
     elif kind == "multi-branch-split":
+        if value.get("links") is not None:
+            raise _fail(pointer + "/links", "a multi-branch split links through its branches")
         links = {}
     else:
         links = {"next": (value.get("links") or {}).get("next")}

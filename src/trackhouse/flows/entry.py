@@ -3,7 +3,8 @@ them (design.md): a flow enters a profile at most once per triggering event, and
 decision is recorded, per event and flow, for the event's receipt and its bulk job:
 
 - `backfill`: the event was sent with `backfill: true` (recorded, never triggers);
-- `flow_not_live`: the flow is draft or manual;
+- `flow_not_live`: the flow is a draft (a manual flow enters profiles, as Klaviyo's queues
+  them: its actions are manual, so its messages wait in the outbox as `queued`);
 - `trigger_filter`: the event fails the trigger's filter;
 - `profile_filter`: the profile fails the flow's filter;
 - `reentry`: the profile entered the flow within its `reentry_criteria`;
@@ -71,9 +72,11 @@ def reentry_blocked(definition: FlowDefinition, last: float | None, anchor: floa
     if last is None or definition.reentry is None:
         return False
     duration, unit = definition.reentry
+    if duration == 0:
+        return False  # always again
     if unit == "alltime":
-        return duration > 0
-    return anchor - last < duration * UNIT_SECONDS[unit]
+        return True  # never again
+    return abs(anchor - last) < duration * UNIT_SECONDS[unit]  # (events may come out of order)
 
 
 class Entry:
@@ -115,18 +118,22 @@ class Entry:
             triggered: dict[tuple[str, str], list[tuple[FlowRow, FlowDefinition]]] = {}
             for flow in self.runs.account_flows(account_id):
                 definition = self.flows.definition(flow)
-                if flow.trigger[0] != "metric" and flow.status == "live" and definition:
+                if flow.trigger[0] != "metric" and flow.status != "draft" and definition:
                     triggered.setdefault(flow.trigger, []).append((flow, definition))
             if not triggered:
                 continue
             now = self.clock(account_id)
             runs: list[RunRow] = []
             steps: list[tuple[str, str, str, float]] = []
+            last: dict[tuple[str, str], float | None] = {}
             for kind, _, group_id, profile_id, at, _ in found:
                 anchor = datetime.fromisoformat(at).timestamp()
                 for flow, definition in triggered.get((kind, group_id), ()):
-                    last = self.runs.last_entries(account_id, flow.id, [profile_id])
-                    if reentry_blocked(definition, last.get(profile_id), anchor):
+                    key = (flow.id, profile_id)
+                    if key not in last:
+                        earlier = self.runs.last_entries(account_id, flow.id, [profile_id])
+                        last[key] = earlier.get(profile_id)
+                    if reentry_blocked(definition, last[key], anchor):
                         continue
                     if definition.profile_filter is not None:
                         profile = self.book.get(account_id, profile_id)
@@ -138,6 +145,7 @@ class Entry:
                         if profile is None or not test(profile, now, facts):
                             continue
                     run_id = new_ulid()
+                    last[key] = anchor
                     status = "active" if definition.entry else "completed"
                     runs.append(RunRow(run_id, account_id, flow.id, profile_id, kind, None,
                                        anchor, now.timestamp(), status))  # fmt: skip
@@ -192,7 +200,7 @@ class Entry:
     ) -> str:  # fmt: skip
         if backfill:
             return "backfill"
-        if flow.status != "live" or definition is None:
+        if flow.status == "draft" or definition is None:
             return "flow_not_live"
         trigger_filter = definition.trigger.filter
         if trigger_filter is not None and not event_matches(trigger_filter, value, properties,

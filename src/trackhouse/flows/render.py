@@ -66,4 +66,5 @@ def render(text: str | None, person: dict[str, Any], event: dict[str, Any], *,
         return None
     template = _engine(html).from_string(text)
     context = Context({**person, "person": person, "event": event}, autoescape=html)
-    return template.render(context)[:MAX_RENDERED]
+    # (NUL, which PostgreSQL text cannot hold, is dropped on both backends alike)
+    return template.render(context)[:MAX_RENDERED].replace("\x00", "")

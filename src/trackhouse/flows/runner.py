@@ -119,54 +119,68 @@ class Runner:
         are added to `touched` and their list changes to `list_changes`. How many ran."""
         steps = self.runs.due_steps(self.wall(), limit)
         flows: dict[str, dict[str, FlowRow]] = {}
+        soonest: float | None = None  # the earliest next step this transaction scheduled
+        ran = 0
         for step in steps:
+            if soonest is not None and soonest < step.due_at:
+                break  # in time order: that next step first (the rest stay due, unclaimed)
             if step.account_id not in flows:
                 flows[step.account_id] = {f.id: f for f in self.runs.account_flows(step.account_id)}
-            self._step(step, flows[step.account_id], touched, list_changes)
-        return len(steps)
+            scheduled = self._step(step, flows[step.account_id], touched, list_changes)
+            if scheduled is not None:
+                soonest = scheduled if soonest is None else min(soonest, scheduled)
+            ran += 1
+        return ran
 
     def _step(
         self, step: StepRow, flows: dict[str, FlowRow], touched: dict[str, set[str]],
         list_changes: list[ListChange],
-    ) -> None:  # fmt: skip
+    ) -> float | None:  # fmt: skip
+        """Run one step; when the step it schedules next is due, if any."""
         run = self.runs.flow_run(step.account_id, step.run_id)
         at = step.due_at if run is None else max(step.due_at, run.entered_at)
         if run is None or run.status != "active":
-            self.runs.finish_step(step.id, at, "skipped", "the run has ended")
-            return
+            self._finish(step, at, "skipped", "the run has ended")
+            return None
         row = flows.get(run.flow_id)
         definition = None if row is None else self.flows.definition(row)
         action = None if definition is None else definition.action(step.action_id)
         profile = self.book.get(run.account_id, run.profile_id)
-        reason = None
-        if row is None or definition is None:
-            reason = "flow_deleted"
-        elif action is None:
-            reason = "action_deleted"
-        elif profile is None:
-            reason = "profile_deleted"
-        elif definition.profile_filter is not None and not self._passes(
-            definition, definition.profile_filter, profile, run, at
-        ):
-            reason = "profile_filter"
-        if reason is not None or action is None or profile is None or definition is None:
-            self.runs.finish_step(step.id, at, "exited", reason)
-            self.runs.end_run(run.id, "exited", at, reason)
-            return
         try:
+            reason = None
+            if row is None or definition is None:
+                reason = "flow_deleted"
+            elif action is None:
+                reason = "action_deleted"
+            elif profile is None:
+                reason = "profile_deleted"
+            elif definition.profile_filter is not None and not self._passes(
+                definition, definition.profile_filter, profile, run, at
+            ):
+                reason = "profile_filter"
+            if reason is not None or action is None or profile is None or definition is None:
+                self._finish(step, at, "exited", reason)
+                self.runs.end_run(run.id, "exited", at, reason)
+                return None
             outcome, detail, next_id, next_due = self._act(
                 action, definition, run, profile, step.due_at, at, touched, list_changes
             )
         except Exception as exc:  # a bug, or data no check foresaw: the run stops here
             logger.exception("flow step %d failed", step.id)
-            self.runs.finish_step(step.id, at, "failed", repr(exc)[:500])
+            self._finish(step, at, "failed", repr(exc)[:500])
             self.runs.end_run(run.id, "exited", at, "failed")
-            return
-        self.runs.finish_step(step.id, at, outcome, detail)
-        if next_id is not None:
-            self.runs.add_steps([(run.account_id, run.id, next_id, next_due)])
-        else:
+            return None
+        self._finish(step, at, outcome, detail)
+        if next_id is None:
             self.runs.end_run(run.id, "completed", at, None)
+            return None
+        self.runs.add_steps([(run.account_id, run.id, next_id, next_due)])
+        return next_due
+
+    def _finish(self, step: StepRow, at: float, outcome: str, detail: str | None) -> None:
+        if not self.runs.finish_step(step.id, at, outcome, detail):
+            # Claimed by this transaction, so never: roll back whatever it did.
+            raise RuntimeError(f"flow step {step.id} was run by another worker")
 
     def _passes(self, definition: FlowDefinition, groups: Any, profile: Profile, run: RunRow,
                 at: float) -> bool:  # fmt: skip
@@ -248,7 +262,7 @@ class Runner:
             status, reason = "skipped", {"email": "no email address", "sms": "no phone number",
                                          "push": "no push token"}[channel]  # fmt: skip
         elif message.get("smart_sending_enabled", True) and not message.get("transactional"):
-            last = self.runs.last_sent(run.account_id, profile.id, channel)
+            last = self.runs.last_sent(run.account_id, profile.id, channel, at)
             if last is not None and at - last < SMART_SENDING[channel]:
                 status, reason = "skipped", "smart_sending"
         if status == "sent" and action.status == "manual":

@@ -39,7 +39,8 @@ def _strict(node: Any, seen: tuple[str, ...] = ()) -> Any:
         name = ref.rsplit("/", 1)[-1]
         if name in seen:  # (no flow schema refers to itself; be safe)
             return {}
-        return _strict(_components()[name], (*seen, name))
+        found = _strict(_components()[name], (*seen, name))
+        return {"anyOf": [found, {"type": "null"}]} if node.get("nullable") else found
     out = {k: _strict(v, seen) for k, v in node.items() if k not in _DROPPED and k != "nullable"}
     if "oneOf" in out:  # Klaviyo's oneOf(integer, number) matches 5 twice: any one will do
         out["anyOf"] = out.pop("oneOf")
@@ -67,6 +68,10 @@ def first_error(name: str, value: Any, pointer: str) -> tuple[str, str] | None:
     if not errors:
         return None
     error = errors[0]
+    while error.validator in ("anyOf", "oneOf") and error.context:
+        # Into the alternative that came nearest (not the `null` of a nullable object).
+        inner = [e for e in error.context if e.validator != "type" or e.validator_value != "null"]
+        error = sorted(inner or error.context, key=_relevance)[0]
     at = pointer + "".join("/" + _escape(str(p)) for p in error.absolute_path)
     return at, _detail(error)
 

@@ -246,22 +246,24 @@ class Processor:
                     self.deliveries_wake.wait(0.25)
                     self.deliveries_wake.clear()
 
-    def deliver_once(self, client: httpx.Client, limit: int = 20) -> int:
+    def deliver_once(self, client: httpx.Client, limit: int = webhooks.ROUND) -> int:
         """One round of due deliveries; how many were attempted."""
         runs = self.store
         assert isinstance(runs, FlowRunWrites)
         with self.lock, self.store.transaction():
             claimed = runs.claim_deliveries(time.time(), webhooks.LEASE_SECONDS, limit)
-        results = []
-        for delivery in claimed:
-            result = webhooks.send(client, delivery)
-            at = delivery.next_at if delivery.next_at is not None else time.time()
-            attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
-                                 result.duration_ms, result.error)  # fmt: skip
-            results.append((delivery, attempt, *webhooks.after(delivery, result, at)))
+        results = [(delivery, webhooks.send(client, delivery)) for delivery in claimed]
         if results:  # the round's results at once (a crash before: all are sent again)
             with self.lock, self.store.transaction():
-                for delivery, attempt, status, next_at, detail in results:
+                for delivery, result in results:
+                    # As of when it was due on a frozen clock (tests move it); on a running
+                    # one as of now, so that retries after an outage are spaced from then.
+                    setting = self.clocks.setting(delivery.account_id)
+                    due = delivery.next_at if delivery.next_at is not None else time.time()
+                    at = due if setting.frozen else max(due, setting.now(time.time()))
+                    attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
+                                         result.duration_ms, result.error)  # fmt: skip
+                    status, next_at, detail = webhooks.after(delivery, result, at)
                     runs.record_attempt(delivery, attempt, status, next_at, detail)
         return len(claimed)
 

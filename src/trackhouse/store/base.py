@@ -520,10 +520,10 @@ class Store(Protocol):
 
     def update_flow(
         self, account_id: str, flow_id: str, status: str, updated: str,
-        actions: list[FlowActionRow],
+        actions: list[FlowActionRow], definition: str,
     ) -> FlowRow | None:  # fmt: skip
-        """Set the flow's status and its actions' (`actions`, as they are now); None if the
-        flow is gone."""
+        """Set the flow's status, its definition (with its actions' statuses) and its
+        actions' rows (`actions`, as they are now); None if the flow is gone."""
 
     def delete_flow(self, account_id: str, flow_id: str) -> bool:
         """Delete a flow and its actions; False if there was none."""

@@ -318,13 +318,18 @@ class FlowRunWrites:
                    row.action_id, row.message_id, row.run_id, row.profile_id, row.subject,
                    row.body, row.status, row.reason, row.at))  # fmt: skip
 
-    def last_sent(self, account_id: str, profile_id: str, channel: str) -> float | None:
-        """When the profile was last sent a message on the channel, by any flow."""
+    def last_sent(
+        self, account_id: str, profile_id: str, channel: str, until: float | None = None
+    ) -> float | None:
+        """When the profile was last sent a message on the channel, by any flow (at or
+        before `until`, when given)."""
         p = self._flow_sql.param
-        rows = self._rows(
-            f"SELECT max(at) FROM outbox WHERE account_id = {p} AND profile_id = {p}"
-            f" AND channel = {p} AND status = 'sent'", (account_id, profile_id, channel),
-        )  # fmt: skip
+        sql = (f"SELECT max(at) FROM outbox WHERE account_id = {p} AND profile_id = {p}"
+               f" AND channel = {p} AND status = 'sent'")  # fmt: skip
+        args: tuple[Any, ...] = (account_id, profile_id, channel)
+        if until is not None:
+            sql, args = f"{sql} AND at <= {p}", (*args, until)
+        rows = self._rows(sql, args)
         return rows[0][0] if rows else None
 
     def add_delivery(self, row: DeliveryRow) -> None:
@@ -373,9 +378,11 @@ class FlowRunWrites:
             (attempt.delivery_id, delivery.account_id, attempt.n, attempt.at,
              attempt.status_code, attempt.duration_ms, attempt.error),
         )  # fmt: skip
+        # Only while this worker's lease holds: another worker that took the delivery over
+        # after it ran out records its own attempt.
         self._run(f"UPDATE webhook_deliveries SET status = {p}, next_at = {p}, detail = {p},"
-                  f" leased_until = NULL WHERE id = {p}",
-                  (status, next_at, detail, delivery.id))  # fmt: skip
+                  f" leased_until = NULL WHERE id = {p} AND leased_until = {p}",
+                  (status, next_at, detail, delivery.id, delivery.leased_until))  # fmt: skip
 
     def event_of_run(self, account_id: str, number: int) -> tuple[float | None, bytes] | None:
         """The triggering event's value and properties (JSON)."""

@@ -496,14 +496,15 @@ def add_flow_statements(
 
 def flow_status_statements(
     d: Dialect, account_id: str, flow_id: str, status: str, updated: str,
-    actions: list[FlowActionRow],
+    actions: list[FlowActionRow], definition: str,
 ) -> Statements:  # fmt: skip
-    """The flow's status (the first statement, which changes one row if the flow is there),
-    and its actions' as they are now."""
+    """The flow's status and definition (the first statement, which changes one row if the
+    flow is there), and its actions' as they are now."""
     p = d.param
     found: Statements = [(
-        f"UPDATE flows SET status = {p}, updated = {p} WHERE id = {p} AND account_id = {p}",
-        (status, updated, flow_id, account_id),
+        f"UPDATE flows SET status = {p}, definition = {p}, updated = {p} WHERE id = {p}"
+        f" AND account_id = {p}",
+        (status, definition, updated, flow_id, account_id),
     )]  # fmt: skip
     for a in actions:
         found.append((
