@@ -9,7 +9,7 @@ not compile is refused when the flow is created (`check`), with a pointer to it.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import django
@@ -42,6 +42,11 @@ def _engine(escape: bool) -> Engine:
                   builtins=["trackhouse.flows.render"])  # fmt: skip
 
 
+@lru_cache(maxsize=1024)  # a flow's few templates, rendered for every profile
+def _compiled(text: str, html: bool) -> Any:
+    return _engine(html).from_string(text)
+
+
 def check(text: str) -> str | None:
     """Why the template does not compile, or None."""
     try:
@@ -64,7 +69,7 @@ def render(text: str | None, person: dict[str, Any], event: dict[str, Any], *,
            html: bool = False) -> str | None:  # fmt: skip
     if text is None:
         return None
-    template = _engine(html).from_string(text)
+    template = _compiled(text, html)
     context = Context({**person, "person": person, "event": event}, autoescape=html)
     # (NUL, which PostgreSQL text cannot hold, is dropped on both backends alike)
     return template.render(context)[:MAX_RENDERED].replace("\x00", "")

@@ -34,8 +34,9 @@ RETRIES = 17
 # The waits before retries 1…17: doubling, and adding up to 24 hours.
 RETRY_WAITS = [86400 * 2**k / (2**RETRIES - 1) for k in range(RETRIES)]
 TIMEOUT_SECONDS = 10.0
-LEASE_SECONDS = 300.0  # longer than a round of attempts can take
-ROUND = 5  # deliveries claimed at once
+LEASE_SECONDS = 600.0  # longer than a round of attempts can take
+ROUND = 64  # deliveries claimed at once
+SENDERS = 16  # attempts in flight at once (one slow receiver does not hold the others)
 MAX_ANSWER = 2000  # characters of an answer's body kept as the detail
 USER_AGENT = "trackhouse-webhooks"
 

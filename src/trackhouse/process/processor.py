@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -163,6 +164,8 @@ class Processor:
                 # Segments' background computations: a page between batches while busy,
                 # page after page while the log is caught up.
                 self.compute_segments(1 if processed else 1_000_000)
+                # Flow steps: a transaction of them between batches while busy (more did not
+                # help: bench/RESULTS.md § Flows), transaction after transaction when idle.
                 self.run_flows(1 if processed else 1_000)
             except Exception as exc:
                 logger.exception("processing stalled at log position %d; retrying", self.position)
@@ -232,10 +235,13 @@ class Processor:
         attempt counted) in one short transaction, sent with no lock held, and its result
         recorded in another (flows/webhooks.py)."""
         backoff = 0.05
-        with httpx.Client(timeout=webhooks.TIMEOUT_SECONDS, follow_redirects=False) as client:
+        with (
+            httpx.Client(timeout=webhooks.TIMEOUT_SECONDS, follow_redirects=False) as client,
+            ThreadPoolExecutor(webhooks.SENDERS, thread_name_prefix="webhook") as senders,
+        ):
             while not stop.is_set():
                 try:
-                    sent = self.deliver_once(client)
+                    sent = self.deliver_once(client, senders)
                 except Exception:
                     logger.exception("webhook deliveries stalled; retrying")
                     stop.wait(backoff)
@@ -246,13 +252,16 @@ class Processor:
                     self.deliveries_wake.wait(0.25)
                     self.deliveries_wake.clear()
 
-    def deliver_once(self, client: httpx.Client, limit: int = webhooks.ROUND) -> int:
-        """One round of due deliveries; how many were attempted."""
+    def deliver_once(
+        self, client: httpx.Client, senders: ThreadPoolExecutor, limit: int = webhooks.ROUND
+    ) -> int:
+        """One round of due deliveries, sent side by side; how many were attempted."""
         runs = self.store
         assert isinstance(runs, FlowRunWrites)
         with self.lock, self.store.transaction():
             claimed = runs.claim_deliveries(time.time(), webhooks.LEASE_SECONDS, limit)
-        results = [(delivery, webhooks.send(client, delivery)) for delivery in claimed]
+        sent = senders.map(lambda delivery: webhooks.send(client, delivery), claimed)
+        results = list(zip(claimed, sent, strict=True))
         if results:  # the round's results at once (a crash before: all are sent again)
             with self.lock, self.store.transaction():
                 for delivery, result in results:
