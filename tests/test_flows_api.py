@@ -183,8 +183,11 @@ def test_listing_filters_sorts_and_pages(api: httpx.Client, metrics: tuple[str, 
     validate_response(SPEC, "get_flows", 200, r.json())
     assert {f["id"] for f in r.json()["data"]} == {f["id"] for f in made[:2]}
     assert len(r.json()["included"]) == 8
-    r = api.get("/api/flows", params={"filter": 'equals(status,"live")'})
-    assert all(f["attributes"]["status"] == "live" for f in r.json()["data"])
+    mine = f'starts-with(name,"{tag}")'
+    r = api.get("/api/flows", params={"filter": f'equals(status,"draft"),{mine}'})
+    assert {f["id"] for f in r.json()["data"]} == {f["id"] for f in made}  # new flows: drafts
+    r = api.get("/api/flows", params={"filter": f'equals(status,"live"),{mine}'})
+    assert r.json()["data"] == []
     error = single_error(api.get("/api/flows", params={"filter": 'equals(color,"red")'}), 400)
     assert error["source"] == {"parameter": "filter"}
     assert single_error(api.get("/api/flows", params={"page[size]": "51"}), 400)

@@ -34,13 +34,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from trackhouse.flows.spec import first_error
 from trackhouse.segments.definition import (
     DATE_OPERATORS,
-    MAX_CONDITIONS,
     Condition,
     DefinitionError,
     Filter,
     parse_condition,
     parse_date_filter,
     parse_filter,
+    parse_groups,
     strict_object,
 )
 
@@ -175,27 +175,6 @@ def _check_shape(schema: str, value: Any, pointer: str) -> None:
         raise _fail(*error)
 
 
-def _groups(value: Any, pointer: str, parse: Callable[[Any, str], Any]) -> tuple:
-    """condition_groups (groups AND, conditions OR), each condition parsed by `parse`."""
-    raw = strict_object(value, pointer, {"condition_groups"}, set())
-    groups_raw = raw["condition_groups"]
-    at = pointer + "/condition_groups"
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise _fail(at, "must be a non-empty list of condition groups")
-    count = 0
-    groups = []
-    for g, group in enumerate(groups_raw):
-        gp = f"{at}/{g}"
-        conditions = strict_object(group, gp, {"conditions"}, set())["conditions"]
-        if not isinstance(conditions, list) or not conditions:
-            raise _fail(gp + "/conditions", "must be a non-empty list of conditions")
-        count += len(conditions)
-        if count > MAX_CONDITIONS:
-            raise _fail(gp + "/conditions", f"at most {MAX_CONDITIONS} conditions in a filter")
-        groups.append(tuple(parse(c, f"{gp}/conditions/{n}") for n, c in enumerate(conditions)))
-    return tuple(groups)
-
-
 def _flow_condition(value: Any, pointer: str) -> Condition | FlowMetricCondition | FlowCondition:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "profile-metric":
@@ -226,7 +205,7 @@ def _flow_condition(value: Any, pointer: str) -> Condition | FlowMetricCondition
 def parse_profile_filter(value: Any, pointer: str) -> ProfileFilter | None:
     if value is None:
         return None
-    found: ProfileFilter = _groups(value, pointer, _flow_condition)
+    found: ProfileFilter = parse_groups(value, pointer, _flow_condition, "filter")
     return found
 
 
@@ -268,7 +247,7 @@ def _event_filter(value: Any, pointer: str) -> Filter:
 def parse_trigger_filter(value: Any, pointer: str, metric_id: str) -> TriggerFilter | None:
     if value is None:
         return None
-    found: TriggerFilter = _groups(value, pointer, _property_condition(metric_id))
+    found: TriggerFilter = parse_groups(value, pointer, _property_condition(metric_id), "filter")
     return found
 
 

@@ -23,7 +23,7 @@ from django.template import Context, Engine, Library, TemplateSyntaxError
 
 from trackhouse.process.profiles import Profile
 
-MAX_RENDERED = 1024 * 1024  # characters of one rendered text
+MAX_RENDERED = 64 * 1024  # characters of one rendered text (admin pages list many)
 
 register = Library()  # (Django looks the library up by this name)
 

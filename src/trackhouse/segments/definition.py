@@ -15,6 +15,7 @@ permissions, funnels, marketing consent.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -457,7 +458,11 @@ def parse_condition(value: Any, pointer: str) -> Condition:
     raise DefinitionError(pointer + "/type", "unknown condition type")
 
 
-def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -> Definition:
+def parse_groups(
+    value: Any, pointer: str, parse: Callable[[Any, str], Any], what: str = "segment"
+) -> tuple[tuple[Any, ...], ...]:
+    """`{condition_groups: [{conditions: [...]}]}` (groups AND, conditions inside a group OR),
+    each condition parsed by `parse` (a segment's, or a flow filter's)."""
     raw = strict_object(value, pointer, {"condition_groups"}, set())
     groups_raw = raw["condition_groups"]
     at = pointer + "/condition_groups"
@@ -472,12 +477,14 @@ def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -
             raise DefinitionError(gp + "/conditions", "must be a non-empty list of conditions")
         count += len(conditions_raw)
         if count > MAX_CONDITIONS:
-            raise DefinitionError(gp + "/conditions", f"at most {MAX_CONDITIONS} conditions in a"
-                                                      " segment")  # fmt: skip
-        groups.append(
-            tuple(parse_condition(c, f"{gp}/conditions/{n}") for n, c in enumerate(conditions_raw))
-        )
-    return Definition(tuple(groups))
+            detail = f"at most {MAX_CONDITIONS} conditions in a {what}"
+            raise DefinitionError(gp + "/conditions", detail)
+        groups.append(tuple(parse(c, f"{gp}/conditions/{n}") for n, c in enumerate(conditions_raw)))
+    return tuple(groups)
+
+
+def parse_definition(value: Any, pointer: str = "/data/attributes/definition") -> Definition:
+    return Definition(parse_groups(value, pointer, parse_condition))
 
 
 def groups_of(definition: Definition) -> set[str]:
