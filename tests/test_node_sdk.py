@@ -210,3 +210,17 @@ def test_node_sdk_list_members_and_segments(server: Server, run_sdk):
     )
     condition = attributes["definition"]["conditionGroups"][0]["conditions"][0]
     assert condition["type"] == "profile-group-membership" and condition["isMember"] is True
+
+
+def test_node_sdk_flows(start_server, run_sdk):
+    """createFlow (a camelCase definition, which the SDK writes out as Klaviyo's snake_case),
+    updateFlow to live,
+    an event entering it with the clock frozen, the clock advanced past its delay; getFlow with
+    its definition, getActionsForFlow, and the email in the outbox."""
+    server = start_server()
+    out = run_sdk(server, "flows")
+    assert (out["created_status"], out["created_status_attribute"]) == (201, "draft")
+    assert out["updated_status"] == "live" and out["trigger_type"] == "Metric"
+    assert out["entry_is_real_id"] and out["action_count"] == 2
+    assert out["before"] == 0 and out["advanced_to"] == "2025-03-01T11:00:00+00:00"
+    assert out["outbox"] == [[out["email"], "Back for Kids Book?", "sent"]]

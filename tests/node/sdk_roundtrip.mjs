@@ -1,7 +1,7 @@
 // The official Node SDK (klaviyo-api) as a real client of trackhouse; run by tests/test_node_sdk.py.
 //
 //   TRACKHOUSE_URL=http://127.0.0.1:8080 TRACKHOUSE_PRIVATE_KEY=pk_… TRACKHOUSE_ADMIN_KEY=pk_… \
-//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link|lists|segments]
+//     node sdk_roundtrip.mjs [roundtrip|invalid-email|next-link|lists|segments|flows]
 //
 // roundtrip (default): write events with createEvent and bulkCreateEvents, wait for processing
 // (POST /admin/wait, a trackhouse extension), read them back through getEvents, getEvent,
@@ -30,6 +30,8 @@ import {
   EventBulkCreateJobEnum,
   EventEnum,
   EventsApi,
+  FlowEnum,
+  FlowsApi,
   ListEnum,
   ListsApi,
   MetricAggregateEnum,
@@ -62,7 +64,8 @@ const metricsApi = new MetricsApi(session)
 const profilesApi = new ProfilesApi(session)
 const listsApi = new ListsApi(session)
 const segmentsApi = new SegmentsApi(session)
-for (const api of [eventsApi, metricsApi, profilesApi, listsApi, segmentsApi]) {
+const flowsApi = new FlowsApi(session)
+for (const api of [eventsApi, metricsApi, profilesApi, listsApi, segmentsApi, flowsApi]) {
   api.basePath = url // not a.klaviyo.com
 }
 
@@ -341,6 +344,65 @@ async function segments() {
   }
 }
 
+async function admin(method, path, body) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: { Authorization: `Klaviyo-API-Key ${env('TRACKHOUSE_ADMIN_KEY')}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  if (response.status !== 200) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`)
+  return response.json()
+}
+
+// flows: a flow made with createFlow (a metric trigger with a $value filter, a 1-hour delay, an
+// email), set live with updateFlow, entered by an event with the clock frozen; the clock moved
+// past the delay; the flow (getFlow with its definition), its actions and the outbox read back.
+async function flows() {
+  await admin('POST', '/admin/clock', { now: '2025-03-01T10:00:00Z' }) // the events' time
+  const tag = Math.random().toString(36).slice(2, 10)
+  const email = `flow-${tag}@example.com`
+  await eventsApi.createEvent(viewedProduct(0, `seed-${tag}@example.com`))
+  await settle()
+  const metric = (await metricsApi.getMetrics()).body.data.find((m) => m.attributes.name === VIEWED)
+  // camelCase, as the SDK's models are written: it turns them into Klaviyo's snake_case keys
+  const definition = {
+    triggers: [{ type: 'metric', id: metric.id, triggerFilter: { conditionGroups: [{ conditions: [
+      { type: 'metric-property', metricId: metric.id, field: '$value', filter: { type: 'numeric', operator: 'greater-than', value: 5 } },
+    ] }] } }],
+    entryActionId: 'wait',
+    actions: [
+      { temporaryId: 'wait', type: 'time-delay', links: { next: 'mail' }, data: { unit: 'hours', value: 1 } },
+      { temporaryId: 'mail', type: 'send-email', links: { next: null },
+        data: { status: 'live', message: { subjectLine: 'Back for {{ event.Brand }}?' } } },
+    ],
+  }
+  const created = await flowsApi.createFlow(
+    { data: { type: FlowEnum.Flow, attributes: { name: `Node ${tag}`, definition } } },
+  )
+  const flowId = created.body.data.id
+  const updated = await flowsApi.updateFlow(flowId, { data: { type: FlowEnum.Flow, id: flowId, attributes: { status: 'live' } } })
+  await eventsApi.createEvent(viewedProduct(0, email))
+  await settle()
+  const before = (await admin('GET', `/admin/outbox?flow_id=${flowId}`)).data
+  const advanced = await admin('POST', '/admin/clock/advance', { seconds: 3600 })
+  const after = (await admin('GET', `/admin/outbox?flow_id=${flowId}`)).data
+  const got = await flowsApi.getFlow(flowId, { additionalFieldsFlow: ['definition'] })
+  const actions = await flowsApi.getActionsForFlow(flowId)
+  await admin('POST', '/admin/clock', { frozen: false })
+  return {
+    created_status: created.response.status,
+    created_status_attribute: created.body.data.attributes.status,
+    updated_status: updated.body.data.attributes.status,
+    trigger_type: got.body.data.attributes.triggerType,
+    entry_is_real_id: got.body.data.attributes.definition.entryActionId !== 'wait',
+    action_count: actions.body.data.length,
+    before: before.length,
+    advanced_to: advanced.now,
+    outbox: after.map((m) => [m.recipient, m.subject, m.status]),
+    email,
+  }
+}
+
 function describe(error) {
   if (error?.response) {
     const { config, status, data } = error.response
@@ -350,7 +412,7 @@ function describe(error) {
   return error?.stack ?? String(error)
 }
 
-const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink, lists, segments }
+const modes = { roundtrip, 'invalid-email': invalidEmail, 'next-link': nextLink, lists, segments, flows }
 const mode = process.argv[2] ?? 'roundtrip'
 if (!modes[mode]) {
   console.error(`unknown mode ${mode}; one of ${Object.keys(modes).join(', ')}`)
