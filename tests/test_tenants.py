@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from conftest import (
+    ADMIN_KEY,
     NEWEST,
     PRIVATE_KEY,
     bulk_body,
@@ -126,3 +127,47 @@ def test_public_key_writes_land_in_its_own_account(two):
     server.settle()
     assert "B client" in {m["attributes"]["name"] for m in b.get("/api/metrics").json()["data"]}
     assert "B client" not in {m["attributes"]["name"] for m in a.get("/api/metrics").json()["data"]}
+
+
+def test_flows_and_clocks_are_the_accounts_own(two):
+    """A flow, its actions and messages, and the clock: another account's key finds none of
+    them, cannot trigger a flow on the first account's metric, and keeps its own clock."""
+    server, a, b, _, _ = two
+    metric_a = a.get("/api/events").json()["data"][0]["relationships"]["metric"]["data"]["id"]
+    definition = {
+        "triggers": [{"type": "metric", "id": metric_a}],
+        "entry_action_id": "mail",
+        "actions": [{"temporary_id": "mail", "type": "send-email", "links": {"next": None},
+                     "data": {"status": "live", "message": {"subject_line": "A"}}}],
+    }  # fmt: skip
+    body = {"data": {"type": "flow", "attributes": {"name": "A's", "definition": definition}}}
+    r = a.post("/api/flows", json=body)
+    assert r.status_code == 201, r.text
+    flow_id = r.json()["data"]["id"]
+    (action,) = r.json()["data"]["attributes"]["definition"]["actions"]
+    message = a.get(f"/api/flow-actions/{action['id']}").json()["data"]["relationships"]
+    message_id = message["flow-messages"]["data"][0]["id"]
+    paths = [f"/api/flows/{flow_id}", f"/api/flows/{flow_id}/flow-actions",
+             f"/api/flow-actions/{action['id']}", f"/api/flow-messages/{message_id}"]  # fmt: skip
+    for path in paths:
+        assert single_error(b.get(path), 404)["code"] == "not_found", path
+    live = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": "live"}}}
+    assert single_error(b.patch(f"/api/flows/{flow_id}", json=live), 404)
+    assert b.delete(f"/api/flows/{flow_id}").status_code == 404
+    assert flow_id not in {f["id"] for f in b.get("/api/flows").json()["data"]}
+    error = single_error(b.post("/api/flows", json=body), 400)  # A's metric is not B's
+    assert error["source"]["pointer"].endswith("/triggers/0/id")
+    # A's admin key sets A's clock; B's account stays on real time (B has no admin key here:
+    # its events are timed by its own clock, which is real).
+    admin = server.client(Authorization=f"Klaviyo-API-Key {ADMIN_KEY}")
+    with admin:
+        assert admin.post("/admin/clock", json={"now": "2026-01-01T00:00:00Z"}).status_code == 200
+        try:
+            r = b.post("/api/events", json=event_body(email="b0@klaviyo-demo.com", metric="B t"))
+            server.settle()
+            receipt = b.get(f"/api/event-receipts/{r.headers['Trackhouse-Receipt']}").json()
+            (outcome,) = receipt["data"]["attributes"]["outcomes"]
+            moment = b.get(f"/api/events/{outcome['event_id']}").json()["data"]["attributes"]
+            assert not moment["datetime"].startswith("2026-01-01")
+        finally:
+            admin.post("/admin/clock", json={"frozen": False})

@@ -512,6 +512,12 @@ async def delete_flow(request: Request) -> Response:
 # -- actions and messages ---------------------------------------------------------------------
 
 
+def _related(request: Request, caller: Caller, data: Any) -> Response:
+    """A related resource (or its identifier, or a list of them), linked to this request."""
+    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}},
+                            caller.headers)  # fmt: skip
+
+
 def _flow_actions_page(request: Request, caller: Caller) -> tuple[list[FlowActionRow], Any]:
     q = ListRequest.parse(request, default_size=PAGE, max_size=PAGE, sorts=ACTION_SORTS,
                           fields={"flow-action": ACTION_FIELDS})  # fmt: skip
@@ -565,16 +571,13 @@ async def get_action_flow(request: Request) -> Response:
     row = _action(request, caller)
     flow = _flow(request, caller, row.flow_id)
     fields = ListRequest.fields_of(request, "flow")
-    document = {"data": sparse(flow_resource(flow, base_url(request)), fields),
-                "links": {"self": str(request.url)}}  # fmt: skip
-    return jsonapi_response(200, document, caller.headers)
+    return _related(request, caller, sparse(flow_resource(flow, base_url(request)), fields))
 
 
 async def get_action_flow_id(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
     row = _action(request, caller)
-    document = {"data": {"type": "flow", "id": row.flow_id}, "links": {"self": str(request.url)}}
-    return jsonapi_response(200, document, caller.headers)
+    return _related(request, caller, {"type": "flow", "id": row.flow_id})
 
 
 async def get_action_messages(request: Request) -> Response:
@@ -584,16 +587,14 @@ async def get_action_messages(request: Request) -> Response:
     row = _action(request, caller)
     fields = ListRequest.fields_of(request, "flow-message")
     data = [sparse(message_resource(row, base_url(request)), fields)] if row.message_id else []
-    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}},
-                            caller.headers)  # fmt: skip
+    return _related(request, caller, data)
 
 
 async def get_action_message_ids(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
     row = _action(request, caller)
     data = [{"type": "flow-message", "id": row.message_id}] if row.message_id else []
-    return jsonapi_response(200, {"data": data, "links": {"self": str(request.url)}},
-                            caller.headers)  # fmt: skip
+    return _related(request, caller, data)
 
 
 async def get_flow_message(request: Request) -> Response:
@@ -616,14 +617,10 @@ async def get_message_action(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
     row = _message(request, caller)
     fields = ListRequest.fields_of(request, "flow-action")
-    document = {"data": sparse(action_resource(row, base_url(request)), fields),
-                "links": {"self": str(request.url)}}  # fmt: skip
-    return jsonapi_response(200, document, caller.headers)
+    return _related(request, caller, sparse(action_resource(row, base_url(request)), fields))
 
 
 async def get_message_action_id(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
     row = _message(request, caller)
-    document = {"data": {"type": "flow-action", "id": row.id},
-                "links": {"self": str(request.url)}}  # fmt: skip
-    return jsonapi_response(200, document, caller.headers)
+    return _related(request, caller, {"type": "flow-action", "id": row.id})

@@ -400,33 +400,33 @@ class FlowRunReads:
     _query: Callable[..., list[tuple]]
     _write: Callable[..., int]
 
+    def _count(self, sql: str, args: tuple[Any, ...]) -> int:
+        return int(self._query(f"SELECT count(*) FROM {sql}", args)[0][0])
+
     def steps_due_now(self, wall: float) -> int:
         """Pending steps of every account that are due on their account's clock."""
         p = self._flow_sql.param
-        rows = self._query(
-            "SELECT count(*) FROM flow_steps s LEFT JOIN clocks c ON c.account_id = s.account_id"
+        return self._count(
+            "flow_steps s LEFT JOIN clocks c ON c.account_id = s.account_id"
             f" WHERE s.status = 'pending' AND s.due_at <= coalesce(c.frozen_at, {p}"
             " + coalesce(c.clock_offset, 0))", (wall,),
         )  # fmt: skip
-        return int(rows[0][0])
 
     def deliveries_due_now(self, wall: float) -> int:
         """Webhook attempts of every account that are due on their account's clock."""
         p = self._flow_sql.param
-        rows = self._query(
-            "SELECT count(*) FROM webhook_deliveries d LEFT JOIN clocks c"
+        return self._count(
+            "webhook_deliveries d LEFT JOIN clocks c"
             f" ON c.account_id = d.account_id WHERE {_DUE_DELIVERY.format(p=p)}", (wall, wall),
         )  # fmt: skip
-        return int(rows[0][0])
 
     def deliveries_due(self, account_id: str, now: float) -> int:
         """The account's webhook attempts due at or before `now` (in flight included)."""
         p = self._flow_sql.param
-        rows = self._query(
-            f"SELECT count(*) FROM webhook_deliveries WHERE account_id = {p}"
-            f" AND status = 'pending' AND next_at <= {p}", (account_id, now),
+        return self._count(
+            f"webhook_deliveries WHERE account_id = {p} AND status = 'pending'"
+            f" AND next_at <= {p}", (account_id, now),
         )  # fmt: skip
-        return int(rows[0][0])
 
     def deliveries(
         self, account_id: str, filters: dict[str, str], limit: int
@@ -453,11 +453,10 @@ class FlowRunReads:
     def steps_due(self, account_id: str, now: float) -> int:
         """The account's pending steps due at or before `now`."""
         p = self._flow_sql.param
-        rows = self._query(
-            f"SELECT count(*) FROM flow_steps WHERE account_id = {p} AND status = 'pending'"
-            f" AND due_at <= {p}", (account_id, now),
-        )  # fmt: skip
-        return int(rows[0][0])
+        return self._count(
+            f"flow_steps WHERE account_id = {p} AND status = 'pending' AND due_at <= {p}",
+            (account_id, now),
+        )
 
     def flow_runs(
         self, account_id: str, flow_id: str | None, profile_id: str | None, status: str | None,
