@@ -315,3 +315,153 @@ def test_official_python_sdk(server: Server, metrics: tuple[str, str]) -> None:
     listed = sdk.Flows.get_flows(filter=f'any(id,["{flow_id}"])')
     assert [f.id for f in listed.data] == [flow_id]
     sdk.Flows.delete_flow(flow_id)
+
+
+def _action_body(action: dict[str, Any]) -> dict[str, Any]:
+    body = {"data": {"type": "flow-action", "id": action["id"],
+                     "attributes": {"definition": action}}}  # fmt: skip
+    validate_request(SPEC, "update_flow_action", body)
+    return body
+
+
+def test_an_action_is_updated_within_its_flow(api: httpx.Client, metrics: tuple[str, str]) -> None:
+    flow = create(api, abandoned_cart(*metrics))
+    wait, ordered, hook, mail = flow["attributes"]["definition"]["actions"]
+    changed = copy.deepcopy(wait)
+    changed["data"]["value"] = 2
+    r = api.patch(f"/api/flow-actions/{wait['id']}", json=_action_body(changed))
+    assert r.status_code == 200, r.text
+    validate_response(SPEC, "update_flow_action", 200, r.json())
+    assert r.json()["data"]["attributes"]["definition"]["data"]["value"] == 2
+    # The flow's definition (what processing runs by) follows, and so do its action reads.
+    r = api.get(f"/api/flows/{flow['id']}", params={"additional-fields[flow]": "definition"})
+    stored = r.json()["data"]["attributes"]["definition"]
+    assert stored["actions"][0] == changed and stored["actions"][1:] == [ordered, hook, mail]
+    assert api.get(f"/api/flow-actions/{wait['id']}").json()["data"]["attributes"][
+        "definition"] == changed  # fmt: skip
+
+    # A message's content: the flow-message shows it.
+    changed_mail = copy.deepcopy(mail)
+    changed_mail["data"]["message"]["subject_line"] = "Still want {{ event.ItemName }}?"
+    r = api.patch(f"/api/flow-actions/{mail['id']}", json=_action_body(changed_mail))
+    assert r.status_code == 200, r.text
+    (message_ref,) = api.get(f"/api/flow-actions/{mail['id']}/relationships/flow-messages"
+                             ).json()["data"]  # fmt: skip
+    message = api.get(f"/api/flow-messages/{message_ref['id']}").json()["data"]
+    assert message["attributes"]["definition"]["subject_line"] == "Still want {{ event.ItemName }}?"
+
+    # Refused, saying where: a bad value, a link out of the flow, a cycle, a type change, a
+    # template that does not compile, an id that is not the URL's; nothing changes.
+    refusals: list[tuple[dict[str, Any], str]] = []
+    bad = copy.deepcopy(wait)
+    bad["data"]["unit"] = "fortnights"
+    refusals.append((bad, "/data/attributes/definition/data/unit"))
+    bad = copy.deepcopy(wait)
+    bad["links"]["next"] = "nowhere"
+    refusals.append((bad, "/data/attributes/definition/links/next"))
+    bad = copy.deepcopy(mail)
+    bad["links"]["next"] = wait["id"]  # wait → … → mail → wait
+    refusals.append((bad, "/data/attributes/definition/links/next"))
+    bad = {**copy.deepcopy(wait), "type": "send-sms"}
+    refusals.append((bad, "/data/attributes/definition/type"))
+    bad = copy.deepcopy(mail)
+    bad["data"]["message"]["subject_line"] = "{% if %}"
+    refusals.append((bad, "/data/attributes/definition/data/message/subject_line"))
+    bad = {**copy.deepcopy(wait), "id": mail["id"]}
+    refusals.append((bad, "/data/attributes/definition/id"))
+    bad = {**copy.deepcopy(wait), "surprise": 1}
+    refusals.append((bad, "/data/attributes/definition"))
+    for definition, pointer in refusals:
+        body = {
+            "data": {
+                "type": "flow-action",
+                "id": wait["id"] if definition["type"] != "send-email" else mail["id"],
+                "attributes": {"definition": definition},
+            }
+        }
+        target = body["data"]["id"]
+        error = single_error(api.patch(f"/api/flow-actions/{target}", json=body), 400)
+        assert error["source"]["pointer"].startswith(pointer), (definition, error)
+    r = api.get(f"/api/flows/{flow['id']}", params={"additional-fields[flow]": "definition"})
+    assert r.json()["data"]["attributes"]["definition"]["actions"][0] == changed
+
+    # The URL's id and the body's must agree; an action of no flow of this account is a 404.
+    body = _action_body(changed)
+    body["data"]["id"] = mail["id"]
+    assert api.patch(f"/api/flow-actions/{wait['id']}", json=body).status_code == 409
+    assert api.patch("/api/flow-actions/NOSUCH", json={"data": {
+        "type": "flow-action", "id": "NOSUCH", "attributes": {"definition": changed}}}
+    ).status_code == 404  # fmt: skip
+    error = single_error(api.patch(f"/api/flow-actions/{wait['id']}", json=_action_body(changed),
+                                   headers={"revision": "2025-07-15"}), 400)  # fmt: skip
+    assert error["source"] == {"parameter": "revision"}
+
+
+def test_deleting_an_action_relinks_its_flow(api: httpx.Client, metrics: tuple[str, str]) -> None:
+    flow = create(api, abandoned_cart(*metrics))
+    wait, ordered, hook, mail = flow["attributes"]["definition"]["actions"]
+
+    def stored() -> dict[str, Any]:
+        r = api.get(f"/api/flows/{flow['id']}", params={"additional-fields[flow]": "definition"})
+        definition: dict[str, Any] = r.json()["data"]["attributes"]["definition"]
+        return definition
+
+    # A split with two ways on cannot go; the webhook between the split and the email can.
+    both_ways = {**ordered, "links": {"next_if_true": mail["id"], "next_if_false": hook["id"]}}
+    assert api.patch(f"/api/flow-actions/{ordered['id']}",
+                     json=_action_body(both_ways)).status_code == 200  # fmt: skip
+    error = single_error(api.delete(f"/api/flow-actions/{ordered['id']}"), 409)
+    assert "branch" in error["detail"]
+    assert api.delete(f"/api/flow-actions/{hook['id']}").status_code == 204
+    definition = stored()
+    assert [a["id"] for a in definition["actions"]] == [wait["id"], ordered["id"], mail["id"]]
+    assert definition["actions"][1]["links"] == {"next_if_true": mail["id"],
+                                                 "next_if_false": mail["id"]}  # fmt: skip
+    assert api.get(f"/api/flow-actions/{hook['id']}").status_code == 404
+    r = api.get(f"/api/flows/{flow['id']}/relationships/flow-actions")
+    assert sorted(a["id"] for a in r.json()["data"]) == sorted([wait["id"], ordered["id"],
+                                                                mail["id"]])  # fmt: skip
+    # The entry action: the flow then starts where it led; the split, now one way on, goes.
+    assert api.delete(f"/api/flow-actions/{wait['id']}").status_code == 204
+    assert stored()["entry_action_id"] == ordered["id"]
+    assert api.delete(f"/api/flow-actions/{ordered['id']}").status_code == 204
+    definition = stored()
+    assert definition["entry_action_id"] == mail["id"] and definition["actions"] == [mail]
+    assert api.delete(f"/api/flow-actions/{ordered['id']}").status_code == 404
+    error = single_error(api.delete(f"/api/flow-actions/{mail['id']}",
+                                    headers={"revision": "2026-01-15"}), 400)  # fmt: skip
+    assert error["source"] == {"parameter": "revision"}
+    assert api.delete(f"/api/flow-actions/{mail['id']}").status_code == 204
+    definition = stored()
+    assert definition["actions"] == [] and definition["entry_action_id"] is None
+
+
+def test_flows_triggered_by_a_metric_list_or_segment(
+    server: Server, api: httpx.Client, metrics: tuple[str, str]
+) -> None:
+    cart, placed = metrics
+    by_cart = create(api, abandoned_cart(cart, placed))["id"]
+    r = api.post("/api/lists", json={"data": {"type": "list", "attributes": {"name": "Trig"}}})
+    list_id = r.json()["data"]["id"]
+    by_list = create(api, {"triggers": [{"type": "list", "id": list_id}], "actions": [],
+                           "entry_action_id": None})["id"]  # fmt: skip
+    r = api.get(f"/api/metrics/{cart}/flow-triggers")
+    assert r.status_code == 200, r.text
+    validate_response(SPEC, "get_flows_triggered_by_metric", 200, r.json())
+    assert by_cart in [f["id"] for f in r.json()["data"]] and by_list not in r.text
+    r = api.get(f"/api/metrics/{cart}/relationships/flow-triggers")
+    validate_response(SPEC, "get_ids_for_flows_triggered_by_metric", 200, r.json())
+    assert {"type": "flow", "id": by_cart} in r.json()["data"]
+    r = api.get(f"/api/lists/{list_id}/flow-triggers", params={"fields[flow]": "name"})
+    validate_response(SPEC, "get_flows_triggered_by_list", 200, r.json())
+    assert [(f["id"], list(f["attributes"])) for f in r.json()["data"]] == [(by_list, ["name"])]
+    r = api.get(f"/api/lists/{list_id}/relationships/flow-triggers")
+    validate_response(SPEC, "get_ids_for_flows_triggered_by_list", 200, r.json())
+    assert r.json()["data"] == [{"type": "flow", "id": by_list}]
+    for path in ("metrics/NOSUCH", "lists/NOSUCH", "segments/NOSUCH"):
+        assert api.get(f"/api/{path}/flow-triggers").status_code == 404
+    sdk = KlaviyoAPI(PRIVATE_KEY, test_host=server.url, max_retries=0)
+    assert by_cart in [f.id for f in sdk.Metrics.get_flows_triggered_by_metric(cart).data]
+    assert [f.id for f in sdk.Lists.get_flows_triggered_by_list(list_id).data] == [by_list]
+    api.delete(f"/api/flows/{by_list}")
+    assert api.get(f"/api/lists/{list_id}/flow-triggers").json()["data"] == []

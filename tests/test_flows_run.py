@@ -407,3 +407,41 @@ def test_the_flows_status_is_its_actions_status(
         server.settle()
     outbox = {m["recipient"]: m["status"] for m in admin.get("/admin/outbox").json()["data"]}
     assert outbox == {"sent@example.com": "sent", "queued@example.com": "queued"}
+
+
+def test_edited_and_deleted_actions_are_what_runs(
+    world: tuple[Server, httpx.Client, httpx.Client],
+) -> None:
+    """PATCH /api/flow-actions/{id} changes what a waiting profile gets next. A profile waits
+    for its next step, scheduled when the delay ran: DELETE of that next action ends its run
+    (`action_deleted`), and the next profile goes where the deleted action led."""
+    server, api, admin = world
+    flow_id, _, _ = _live_cart_flow(server, api)
+    actions = api.get(f"/api/flows/{flow_id}/flow-actions").json()["data"]
+    by_type = {a["attributes"]["definition"]["type"]: a["attributes"]["definition"]
+               for a in actions}  # fmt: skip
+    item = {"ItemName": "Red Hat"}
+    _send(api, "ann@example.com", "Added to Cart", value=80, properties=item)
+    server.settle()
+    mail = by_type["send-email"]
+    mail["data"]["message"]["subject_line"] = "Edited: {{ event.ItemName }}"
+    body = {"data": {"type": "flow-action", "id": mail["id"], "attributes": {"definition": mail}}}
+    assert api.patch(f"/api/flow-actions/{mail['id']}", json=body).status_code == 200
+    assert admin.post("/admin/clock/advance", json={"seconds": 4 * 3600}).status_code == 200
+    (message,) = admin.get("/admin/outbox").json()["data"]
+    assert message["subject"] == "Edited: Red Hat" and message["recipient"] == "ann@example.com"
+
+    _send(api, "cy@example.com", "Added to Cart", value=80, properties=item)
+    server.settle()  # cy waits 4 hours for the split
+    split = by_type["conditional-split"]
+    assert api.delete(f"/api/flow-actions/{split['id']}").status_code == 204
+    _send(api, "dee@example.com", "Added to Cart", value=80, properties=item)
+    assert admin.post("/admin/clock/advance", json={"seconds": 4 * 3600}).status_code == 200
+    runs = admin.get("/admin/flow-runs", params={"flow_id": flow_id}).json()["data"]
+    assert sorted(r["status"] for r in runs) == ["completed", "completed", "exited"]
+    (cy,) = [r for r in runs if r["status"] == "exited"]
+    assert cy["steps"][-1]["outcome"] == "exited" and cy["steps"][-1]["detail"] == "action_deleted"
+    (dee,) = [r for r in runs if r["status"] == "completed" and r["id"] != message["run_id"]]
+    assert not {"true", "false"} & {s["outcome"] for s in dee["steps"]}  # no split on its way
+    recipients = [m["recipient"] for m in admin.get("/admin/outbox").json()["data"]]
+    assert sorted(recipients) == ["ann@example.com", "dee@example.com"]

@@ -110,6 +110,8 @@ ROUTES: list[Route] = [
     *_both("/api/flows/{flow_id}/flow-actions", flows.get_flow_actions, ["GET"]),
     *_both("/api/flows/{flow_id}/relationships/flow-actions", flows.get_flow_action_ids, ["GET"]),
     *_both("/api/flow-actions/{action_id}", flows.get_flow_action, ["GET"]),
+    *_both("/api/flow-actions/{action_id}", flows.update_flow_action, ["PATCH"]),
+    *_both("/api/flow-actions/{action_id}", flows.delete_flow_action, ["DELETE"]),
     *_both("/api/flow-actions/{action_id}/flow", flows.get_action_flow, ["GET"]),
     *_both("/api/flow-actions/{action_id}/relationships/flow", flows.get_action_flow_id, ["GET"]),
     *_both("/api/flow-actions/{action_id}/flow-messages", flows.get_action_messages, ["GET"]),
@@ -125,6 +127,18 @@ ROUTES: list[Route] = [
         flows.get_message_action_id,
         ["GET"],
     ),
+    *[
+        route
+        for kind in ("metric", "list", "segment")
+        for path, endpoint in (
+            (f"/api/{kind}s/{{{kind}_id}}/flow-triggers", flows.flow_triggers(kind)),
+            (
+                f"/api/{kind}s/{{{kind}_id}}/relationships/flow-triggers",
+                flows.flow_trigger_ids(kind),
+            ),
+        )
+        for route in _both(path, endpoint, ["GET"])
+    ],
     *_both("/api/profiles", profiles.get_profiles, ["GET"]),
     *_both("/api/profiles/{profile_id}", profiles.get_profile, ["GET"]),
     *_both("/openapi.json", openapi.get_openapi, ["GET"]),

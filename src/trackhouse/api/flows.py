@@ -37,7 +37,9 @@ from trackhouse.flows.definition import (
     FlowDefinition,
     FlowMetricCondition,
     parse_flow_definition,
+    replaced_action,
     with_ids,
+    without_action,
 )
 from trackhouse.ids import short_id
 from trackhouse.query.events import sparse
@@ -55,6 +57,9 @@ ACTION_SORTS = tuple(s for f in ("action_type", "created", "id", "status", "upda
 PAGE = 50
 MAX_NAME = 1000
 CREATE = date(2025, 1, 15)  # create_flow and `definition`, stable from this revision
+UPDATE_ACTION = date(2025, 10, 15)  # update_flow_action, stable from this revision
+DELETE_ACTION = date(2026, 4, 15)  # delete_flow_action
+SAVE_ATTEMPTS = 5  # read-modify-write rounds against concurrent edits of one flow
 STATUSES = ("draft", "manual", "live")
 POINTER = "/data/attributes/definition"
 
@@ -89,6 +94,20 @@ class UpdateData(_Wire):
 
 class UpdateQuery(_Wire):
     data: UpdateData
+
+
+class ActionAttributes(_Wire):
+    definition: dict[str, Any]
+
+
+class ActionData(_Wire):
+    type: Literal["flow-action"]
+    id: str
+    attributes: ActionAttributes
+
+
+class ActionQuery(_Wire):
+    data: ActionData
 
 
 def _not_found(what: str, found_id: str) -> APIError:
@@ -223,27 +242,35 @@ def _metrics_named(definition: FlowDefinition) -> set[str]:
     return found
 
 
-def _check_references(store: Store, account_id: str, definition: FlowDefinition) -> None:
+def _refused(detail: str, pointer: str) -> DefinitionError:
+    return DefinitionError(pointer, detail)
+
+
+def _check_references(
+    store: Store, account_id: str, definition: FlowDefinition, pointer: str = POINTER
+) -> None:
+    """What the definition names must be the account's, its webhooks allowed, its templates
+    compile: a DefinitionError (pointer, detail: a sentence) otherwise."""
     trigger = definition.trigger
-    at = POINTER + "/triggers/0/id"
+    at = pointer + "/triggers/0/id"
     if trigger.type == "metric" and not store.metrics(account_id, ids=[trigger.id]):
-        raise invalid(f"No metric with id {trigger.id[:64]} exists.", at)
+        raise _refused(f"No metric with id {trigger.id[:64]} exists.", at)
     if trigger.type == "list" and not store.lists(ListQuery(account_id, ids=[trigger.id])):
-        raise invalid(f"No list with id {trigger.id[:64]} exists.", at)
+        raise _refused(f"No list with id {trigger.id[:64]} exists.", at)
     if trigger.type == "segment" and not store.segments(SegmentQuery(account_id, ids=[trigger.id])):
-        raise invalid(f"No segment with id {trigger.id[:64]} exists.", at)
+        raise _refused(f"No segment with id {trigger.id[:64]} exists.", at)
     for n, action in enumerate(definition.actions):
         if action.type == "list-update":
             list_id = action.raw["data"]["list_id"]
-            where = f"{POINTER}/actions/{n}/data/list_id"
+            where = f"{pointer}/actions/{n}/data/list_id"
             exists = isinstance(list_id, str) and store.lists(ListQuery(account_id, ids=[list_id]))
             if not exists:
-                raise invalid(f"No list with id {str(list_id)[:64]} exists.", where)
+                raise _refused(f"No list with id {str(list_id)[:64]} exists.", where)
     for n, action in enumerate(definition.actions):
         if action.type == "send-webhook":
             why = webhooks.refused(action.raw["data"]["message"]["url"], resolve=False)
             if why is not None:
-                raise invalid(f"This server {why}.", f"{POINTER}/actions/{n}/data/message/url")
+                raise _refused(f"This server {why}.", f"{pointer}/actions/{n}/data/message/url")
         message = (action.raw.get("data") or {}).get("message")
         if action.channel and isinstance(message, dict):
             texts = [(k, message.get(k)) for k in ("subject_line", "preview_text", "title", "body")]
@@ -251,15 +278,15 @@ def _check_references(store: Store, account_id: str, definition: FlowDefinition)
             for key, text in texts:
                 why = render.check(text) if isinstance(text, str) else None
                 if why is not None:
-                    raise invalid(f"The template does not compile: {why}",
-                                  f"{POINTER}/actions/{n}/data/message/{key}")  # fmt: skip
+                    raise _refused(f"The template does not compile: {why}",
+                                  f"{pointer}/actions/{n}/data/message/{key}")  # fmt: skip
     named = sorted(_metrics_named(definition))
     if named:
         known = {m.id for m in store.metrics(account_id, ids=named)}
         for metric_id in named:
             if metric_id not in known:
-                raise invalid(f"No metric with id {metric_id[:64]} exists (a profile-metric "
-                              "condition names it).", POINTER)  # fmt: skip
+                raise _refused(f"No metric with id {metric_id[:64]} exists (a profile-metric "
+                              "condition names it).", pointer)  # fmt: skip
 
 
 def _name(name: str) -> str:
@@ -273,9 +300,9 @@ def _name(name: str) -> str:
     return name
 
 
-def _needs(caller: Caller, what: str) -> None:
-    if caller.day < CREATE:
-        raise APIError(400, "invalid", f"{what} needs revision {CREATE.isoformat()} or later.",
+def _needs(caller: Caller, what: str, since: date = CREATE) -> None:
+    if caller.day < since:
+        raise APIError(400, "invalid", f"{what} needs revision {since.isoformat()} or later.",
                        parameter="revision")  # fmt: skip
 
 
@@ -304,7 +331,10 @@ async def create_flow(request: Request) -> Response:
     except DefinitionError as exc:
         raise invalid(f"Invalid definition: {exc.detail}.", exc.pointer) from None
     store = store_of(request)
-    _check_references(store, caller.account_id, definition)
+    try:
+        _check_references(store, caller.account_id, definition)
+    except DefinitionError as exc:
+        raise invalid(exc.detail, exc.pointer) from None
     limit = request.app.state.daily_limits.get("flow")
     if limit is not None:
         since = datetime.fromtimestamp(time.time() - 86400, UTC).isoformat(timespec="seconds")
@@ -467,6 +497,42 @@ async def get_flow(request: Request) -> Response:
     return jsonapi_response(200, document, caller.headers)
 
 
+def _save(
+    request: Request, caller: Caller, flow_id: str,
+    change: Callable[[FlowRow], tuple[str, dict[str, Any], list[str]]],
+    action_status: str | None = None, check_references: bool = True,
+) -> FlowRow:  # fmt: skip
+    """Apply `change` to the flow (its stored row → its status, its definition, the actions
+    to delete) and store the result: the definition checked again as a whole, each action's
+    row following it (its status `action_status` when given), all only if no one changed the
+    flow meanwhile (else read it again and retry)."""
+    store = store_of(request)
+    for _ in range(SAVE_ATTEMPTS):
+        row = _flow(request, caller, flow_id)
+        status, raw, deleted = change(row)
+        definition = parse_flow_definition(raw, "", creating=False)
+        if check_references:  # (a status change keeps what it names: it may name a list
+            _check_references(store, caller.account_id, definition, "")  # deleted since)
+        rows = {a.id: a for a in store.flow_actions(caller.account_id, flow_ids=[row.id])}
+        now = now_iso()
+        actions = []
+        for a in definition.actions:
+            old = rows.get(a.key)
+            if old is None:
+                continue  # an action the definition holds without its row: none is added
+            data = a.raw.get("data")
+            own = data.get("status") if isinstance(data, dict) else None
+            actions.append(FlowActionRow(a.key, row.id, a.type, action_status or own or old.status,
+                                         msgspec.json.encode(a.raw).decode(), old.message_id,
+                                         old.created, now))  # fmt: skip
+        encoded = msgspec.json.encode(raw).decode()
+        saved = store.update_flow(caller.account_id, row.id, status, now, actions, encoded,
+                                  expected=row.definition, deleted=deleted)  # fmt: skip
+        if saved is not None:
+            return saved
+    raise APIError(409, "conflict", "The flow was changed by other requests meanwhile; retry.")
+
+
 async def update_flow(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
     require_json_content_type(request)
@@ -478,27 +544,83 @@ async def update_flow(request: Request) -> Response:
     status = data.attributes.status
     if status not in STATUSES:
         raise invalid("status must be one of draft, manual, live.", "/data/attributes/status")
-    row = _flow(request, caller)
-    store = store_of(request)
-    actions = []
-    for a in store.flow_actions(caller.account_id, flow_ids=[row.id]):
-        raw = msgspec.json.decode(a.definition)
-        if isinstance(raw.get("data"), dict) and "status" in raw["data"]:
-            raw["data"]["status"] = status
-        actions.append(FlowActionRow(a.id, a.flow_id, a.type, status,
-                                     msgspec.json.encode(raw).decode(), a.message_id, a.created,
-                                     a.updated))  # fmt: skip
-    definition = msgspec.json.decode(row.definition)
-    for action in definition.get("actions", []):  # what processing runs by
-        if isinstance(action.get("data"), dict) and "status" in action["data"]:
-            action["data"]["status"] = status
-    updated = store.update_flow(caller.account_id, row.id, status, now_iso(), actions,
-                                msgspec.json.encode(definition).decode())  # fmt: skip
-    if updated is None:
-        raise _not_found("flow", flow_id)
+
+    def change(row: FlowRow) -> tuple[str, dict[str, Any], list[str]]:
+        definition = msgspec.json.decode(row.definition)
+        for action in definition.get("actions", []):  # what processing runs by
+            if isinstance(action.get("data"), dict) and "status" in action["data"]:
+                action["data"]["status"] = status
+        return status, definition, []
+
+    try:
+        updated = _save(
+            request, caller, flow_id, change, action_status=status, check_references=False
+        )
+    except DefinitionError as exc:  # stored by a version that checked otherwise
+        raise invalid(f"The flow's stored definition is no longer valid: {exc.detail}.",
+                      "/data/attributes/status") from None  # fmt: skip
     resource = flow_resource(updated, base_url(request))
     fields = ListRequest.fields_of(request, "flow")
     return jsonapi_response(200, {"data": sparse(resource, fields)}, caller.headers)
+
+
+def _action_error(exc: DefinitionError, index: int | None) -> APIError:
+    """A check of the edited flow that failed, pointing into the request's action when it is
+    the action's own, else saying where in the flow."""
+    own = f"/actions/{index}"
+    if index is not None and (exc.pointer == own or exc.pointer.startswith(own + "/")):
+        detail = exc.detail.rstrip(".")
+        return invalid(f"Invalid definition: {detail}.", POINTER + exc.pointer[len(own) :])
+    where = f" (at {exc.pointer} of the flow's definition)" if exc.pointer else ""
+    return invalid(f"The flow would be invalid{where}: {exc.detail.rstrip('.')}.", POINTER)
+
+
+async def update_flow_action(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
+    _needs(caller, "Updating a flow action", UPDATE_ACTION)
+    require_json_content_type(request)
+    data = decode_json(await read_body(request, 1 * MB), ActionQuery).data
+    action_id = request.path_params["action_id"]
+    if data.id != action_id:
+        raise APIError(409, "conflict", "The id in the body does not match the flow action in"
+                                        " the URL.", pointer="/data/id")  # fmt: skip
+    row = _action(request, caller)
+    index: list[int | None] = [None]
+
+    def change(flow: FlowRow) -> tuple[str, dict[str, Any], list[str]]:
+        raw = replaced_action(msgspec.json.decode(flow.definition), action_id,
+                              data.attributes.definition, POINTER)  # fmt: skip
+        index[0] = next(n for n, a in enumerate(raw["actions"]) if a.get("id") == action_id)
+        return flow.status, raw, []
+
+    try:
+        _save(request, caller, row.flow_id, change)
+    except DefinitionError as exc:
+        if exc.pointer.startswith(POINTER):  # from replaced_action: already the request's
+            raise invalid(f"Invalid definition: {exc.detail}.", exc.pointer) from None
+        raise _action_error(exc, index[0]) from None
+    updated = _action(request, caller)
+    resource = action_resource(updated, base_url(request))
+    fields = ListRequest.fields_of(request, "flow-action")
+    return jsonapi_response(200, {"data": sparse(resource, fields)}, caller.headers)
+
+
+async def delete_flow_action(request: Request) -> Response:
+    caller = identify_caller(request, scope="flows:write", endpoint_class="flows")
+    _needs(caller, "Deleting a flow action", DELETE_ACTION)
+    row = _action(request, caller)
+
+    def change(flow: FlowRow) -> tuple[str, dict[str, Any], list[str]]:
+        raw = without_action(msgspec.json.decode(flow.definition), row.id)
+        return flow.status, raw, [row.id]
+
+    try:
+        _save(request, caller, row.flow_id, change)
+    except DefinitionError as exc:
+        detail = exc.detail if not exc.pointer else f"the flow would be invalid at {exc.pointer}"\
+                                                    f" of its definition: {exc.detail}"  # fmt: skip
+        raise APIError(409, "conflict", f"The flow action cannot be deleted: {detail}.") from None
+    return jsonapi_response(204, None, caller.headers)
 
 
 async def delete_flow(request: Request) -> Response:
@@ -624,3 +746,51 @@ async def get_message_action_id(request: Request) -> Response:
     caller = identify_caller(request, scope="flows:read", endpoint_class="flows")
     row = _message(request, caller)
     return _related(request, caller, {"type": "flow-action", "id": row.id})
+
+
+# -- flows triggered by a metric, list or segment ---------------------------------------------
+
+_TRIGGERS = {  # path kind → (trigger type, scope, rate-limit class, what it is called)
+    "metric": ("metric", "metrics:read", "metrics", "metric"),
+    "list": ("list", "lists:read", "flow_triggers", "list"),
+    "segment": ("segment", "segments:read", "flow_triggers", "segment"),
+}
+
+
+def _triggered(request: Request, kind: str) -> tuple[Caller, list[FlowRow]]:
+    """The flows whose trigger is the path's metric, list or segment (which must exist)."""
+    trigger, scope, endpoint_class, what = _TRIGGERS[kind]
+    caller = identify_caller(request, scope="flows:read", endpoint_class=endpoint_class)
+    caller.require(scope)
+    found_id = request.path_params[f"{kind}_id"]
+    store = store_of(request)
+    exists = members.valid_id(found_id) and bool(
+        store.metrics(caller.account_id, ids=[found_id]) if kind == "metric"
+        else store.lists(ListQuery(caller.account_id, ids=[found_id])) if kind == "list"
+        else store.segments(SegmentQuery(caller.account_id, ids=[found_id]))
+    )  # fmt: skip
+    if not exists:
+        raise _not_found(what, found_id)
+    return caller, [f for f in store.flows(caller.account_id) if f.trigger == (trigger, found_id)]
+
+
+def flow_triggers(kind: str) -> Callable[[Request], Any]:
+    """GET /api/{kind}s/{id}/flow-triggers: the flows it triggers."""
+
+    async def endpoint(request: Request) -> Response:
+        caller, flows = _triggered(request, kind)
+        ListRequest.parse(request, default_size=1, max_size=1, fields={"flow": FLOW_FIELDS})
+        fields, base = ListRequest.fields_of(request, "flow"), base_url(request)
+        return _related(request, caller, [sparse(flow_resource(f, base), fields) for f in flows])
+
+    return endpoint
+
+
+def flow_trigger_ids(kind: str) -> Callable[[Request], Any]:
+    """GET /api/{kind}s/{id}/relationships/flow-triggers: their ids."""
+
+    async def endpoint(request: Request) -> Response:
+        caller, flows = _triggered(request, kind)
+        return _related(request, caller, [{"type": "flow", "id": f.id} for f in flows])
+
+    return endpoint

@@ -52,6 +52,8 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "segment_delete": Limit(3, 60),  # DELETE /api/segments/{id}
     "flow_create": Limit(1, 15),  # POST /api/flows
     "flows": Limit(3, 60),  # the other flow, flow-action and flow-message endpoints
+    # GET /api/lists|segments/{id}/flow-triggers and their relationships (metrics': "metrics")
+    "flow_triggers": Limit(3, 60),
 }
 
 _SPEC = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*/\s*s\s*,\s*(\d+)\s*/\s*m\s*$")

@@ -495,3 +495,63 @@ def with_ids(definition: FlowDefinition, new_id: Callable[[], str]) -> dict[str,
         raw["entry_action_id"] = definition.entry = ids[definition.entry]
     definition.raw = raw
     return raw
+
+
+# -- editing a stored definition (PATCH and DELETE /api/flow-actions/{id}) ---------------------
+
+
+def _targets(action: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dicts holding an action's links (its `links`, or each branch's)."""
+    found = [action["links"]] if isinstance(action.get("links"), dict) else []
+    data = action.get("data")
+    if isinstance(data, dict):
+        found += [b["links"] for b in data.get("branches") or []
+                  if isinstance(b, dict) and isinstance(b.get("links"), dict)]  # fmt: skip
+    return found
+
+
+def replaced_action(
+    stored: dict[str, Any], action_id: str, new: Any, pointer: str
+) -> dict[str, Any]:
+    """The stored definition with action `action_id` replaced by `new` (its id kept, its type
+    unchanged); checked again as a whole by the caller. Errors point into `new` at `pointer`."""
+    if not isinstance(new, dict):
+        raise _fail(pointer, "must be an object: the action's definition")
+    if new.get("temporary_id") is not None:
+        raise _fail(pointer + "/temporary_id", "an action that exists is named by its id")
+    if new.get("id") is not None and new["id"] != action_id:
+        raise _fail(pointer + "/id", "must be the id of the action in the URL")
+    raw = copy.deepcopy(stored)
+    for n, action in enumerate(raw["actions"]):
+        if action.get("id") == action_id:
+            if new.get("type") != action.get("type"):
+                raise _fail(pointer + "/type", f"an action's type cannot change (it is "
+                                               f"{action.get('type')})")  # fmt: skip
+            raw["actions"][n] = {**copy.deepcopy(new), "id": action_id}
+            return raw
+    raise _fail(pointer, "the action is not in its flow's definition")
+
+
+def without_action(stored: dict[str, Any], action_id: str) -> dict[str, Any]:
+    """The stored definition without action `action_id`: what linked to it (and the entry)
+    now leads where it led. A split can go only when at most one of its branches leads on."""
+    raw = copy.deepcopy(stored)
+    index = next((n for n, a in enumerate(raw["actions"]) if a.get("id") == action_id), None)
+    if index is None:
+        raise _fail("", "the action is not in its flow's definition")
+    gone = raw["actions"].pop(index)
+    onward = {t.get("next", t.get("next_if_true")) for t in _targets(gone)}
+    onward |= {t.get("next_if_false") for t in _targets(gone) if "next_if_false" in t}
+    onward.discard(None)
+    if len(onward) > 1:
+        raise _fail("", "a split with more than one branch leading on cannot be deleted; "
+                        "delete the actions of all its branches but one first")  # fmt: skip
+    after = next(iter(onward), None)
+    for action in raw["actions"]:
+        for links in _targets(action):
+            for name, target in links.items():
+                if target == action_id:
+                    links[name] = after
+    if raw.get("entry_action_id") == action_id:
+        raw["entry_action_id"] = after
+    return raw

@@ -520,10 +520,13 @@ class Store(Protocol):
 
     def update_flow(
         self, account_id: str, flow_id: str, status: str, updated: str,
-        actions: list[FlowActionRow], definition: str,
+        actions: list[FlowActionRow], definition: str, expected: str,
+        deleted: list[str] | None = None,
     ) -> FlowRow | None:  # fmt: skip
-        """Set the flow's status, its definition (with its actions' statuses) and its
-        actions' rows (`actions`, as they are now); None if the flow is gone."""
+        """Set the flow's status and definition, its actions' rows (`actions`, as they are
+        now) and delete the actions `deleted`, in one transaction and only if the flow's
+        definition is still `expected` (a compare-and-set: concurrent edits never lose one
+        another); None if the flow is gone or was changed meanwhile."""
 
     def delete_flow(self, account_id: str, flow_id: str) -> bool:
         """Delete a flow and its actions; False if there was none."""

@@ -494,23 +494,32 @@ def add_flow_statements(
     return found
 
 
-def flow_status_statements(
+def flow_update_statements(
     d: Dialect, account_id: str, flow_id: str, status: str, updated: str,
-    actions: list[FlowActionRow], definition: str,
+    actions: list[FlowActionRow], definition: str, expected: str, deleted: list[str],
 ) -> Statements:  # fmt: skip
-    """The flow's status and definition (the first statement, which changes one row if the
-    flow is there), and its actions' as they are now."""
+    """The flow's status and definition, set only if its definition is still `expected` (the
+    first statement: one row changed, or none if the flow is gone or was changed meanwhile);
+    then its actions' rows as they are now and the deleted actions, each only if that first
+    statement took (the flow's definition is then `definition`)."""
     p = d.param
     found: Statements = [(
         f"UPDATE flows SET status = {p}, definition = {p}, updated = {p} WHERE id = {p}"
-        f" AND account_id = {p}",
-        (status, definition, updated, flow_id, account_id),
+        f" AND account_id = {p} AND definition = {p}",
+        (status, definition, updated, flow_id, account_id, expected),
     )]  # fmt: skip
+    took = (f"EXISTS (SELECT 1 FROM flows WHERE account_id = {p} AND id = {p}"
+            f" AND definition = {p})")  # fmt: skip
     for a in actions:
         found.append((
             f"UPDATE flow_actions SET status = {p}, definition = {p}, updated = {p}"
-            f" WHERE id = {p} AND account_id = {p}",
-            (a.status, a.definition, updated, a.id, account_id),
+            f" WHERE id = {p} AND account_id = {p} AND {took}",
+            (a.status, a.definition, updated, a.id, account_id, account_id, flow_id, definition),
+        ))  # fmt: skip
+    for action_id in deleted:
+        found.append((
+            f"DELETE FROM flow_actions WHERE id = {p} AND account_id = {p} AND {took}",
+            (action_id, account_id, account_id, flow_id, definition),
         ))  # fmt: skip
     return found
 

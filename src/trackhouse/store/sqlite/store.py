@@ -653,10 +653,12 @@ class SQLiteStore(flow_runs.FlowRunReads):
 
     def update_flow(
         self, account_id: str, flow_id: str, status: str, updated: str,
-        actions: list[FlowActionRow], definition: str,
+        actions: list[FlowActionRow], definition: str, expected: str,
+        deleted: list[str] | None = None,
     ) -> FlowRow | None:  # fmt: skip
-        statements = sql_reads.flow_status_statements(_SQL, account_id, flow_id, status,
-                                                      updated, actions, definition)  # fmt: skip
+        statements = sql_reads.flow_update_statements(_SQL, account_id, flow_id, status, updated,
+                                                      actions, definition, expected,
+                                                      deleted or [])  # fmt: skip
         if not self._run_all(statements)[0]:
             return None
         found = self.flows(account_id, [flow_id])
