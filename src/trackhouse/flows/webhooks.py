@@ -41,6 +41,19 @@ MAX_ANSWER = 2000  # characters of an answer's body kept as the detail
 USER_AGENT = "trackhouse-webhooks"
 
 
+def lease_seconds() -> float:
+    """How long (real time) a claimed attempt is a worker's before another may make it again:
+    TRACKHOUSE_WEBHOOK_LEASE_SECONDS (tests shorten it), longer than one attempt can take. A
+    lease shorter than a round of attempts may send some twice: still at least once, with the
+    step's one key, and only the lease holder records the result."""
+    text = os.environ.get("TRACKHOUSE_WEBHOOK_LEASE_SECONDS", "").strip()
+    try:
+        found = float(text) if text else LEASE_SECONDS
+    except ValueError:
+        found = LEASE_SECONDS
+    return max(found, TIMEOUT_SECONDS + 1)
+
+
 def allow_private() -> bool:
     setting = os.environ.get("TRACKHOUSE_ALLOW_HTTP_WEBHOOKS", "").strip().lower()
     return setting in ("1", "true", "yes", "on")

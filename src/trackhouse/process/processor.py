@@ -108,6 +108,7 @@ class Processor:
         self.runner = Runner(self.store, runs, self.book, self.flows)
         self.membership.on_joins = self.entry.enter_joins
         self.deliveries_wake = threading.Event()  # set when a webhook delivery is queued
+        self.webhook_lease = webhooks.lease_seconds()
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
@@ -259,7 +260,7 @@ class Processor:
         runs = self.store
         assert isinstance(runs, FlowRunWrites)
         with self.lock, self.store.transaction():
-            claimed = runs.claim_deliveries(time.time(), webhooks.LEASE_SECONDS, limit)
+            claimed = runs.claim_deliveries(time.time(), self.webhook_lease, limit)
         sent = senders.map(lambda delivery: webhooks.send(client, delivery), claimed)
         results = list(zip(claimed, sent, strict=True))
         if results:  # the round's results at once (a crash before: all are sent again)
