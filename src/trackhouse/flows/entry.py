@@ -89,6 +89,9 @@ class Entry:
         self.book = book
         self.flows = flows
         self.clock = clock
+        # Set when a transaction's entries scheduled first steps (they may be due at once:
+        # the processor runs them in that same transaction, and clears this).
+        self.steps_added = False
 
     def enter(self, stored: Stored) -> None:
         """Decide each stored event's flows (in the batch's transaction)."""
@@ -153,6 +156,7 @@ class Entry:
                         steps.append((account_id, run_id, definition.entry, anchor))
             if runs:
                 self.runs.add_runs(runs, steps)
+                self.steps_added = self.steps_added or bool(steps)
 
     def _enter_account(
         self, account_id: str, events: list[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -191,6 +195,7 @@ class Entry:
                 decisions.append((account_id, seq, idx, flow.id, decision, run_id))
         if runs:
             self.runs.add_runs(runs, steps)
+            self.steps_added = self.steps_added or bool(steps)
         self.runs.record_decisions(decisions)
 
     def _decide(

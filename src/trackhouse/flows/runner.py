@@ -111,6 +111,12 @@ class Runner:
         self.flows = flows
         self.wall = wall
         self.queued_deliveries = False  # set when a step queues a webhook delivery
+        # With a lease set (the processor's), each delivery a step queues is claimed by this
+        # worker in the step's transaction: its first attempt counted and leased, and the row
+        # kept in `ready` to be sent as soon as the transaction commits (no claim of its own).
+        # Dropped on a rollback; if this worker dies, the lease runs out and another sends it.
+        self.lease: float | None = None
+        self.ready: list[DeliveryRow] = []
 
     def run_due(
         self, limit: int, touched: dict[str, set[str]], list_changes: list[ListChange]
@@ -304,11 +310,15 @@ class Runner:
         if any("\r" in v or "\n" in v for v in headers.values()):
             return "skipped", "a rendered header holds a line break"
         delivery_id = new_ulid()
-        self.runs.add_delivery(DeliveryRow(
+        leased = None if self.lease is None else self.wall() + self.lease
+        delivery = DeliveryRow(
             delivery_id, run.account_id, run.flow_id, action.key, run.id, profile.id,
             message["url"], msgspec.json.encode(headers).decode(), body,
-            f"{run.id}:{action.key}", "pending", 0, at, None, at,
-        ))  # fmt: skip
+            f"{run.id}:{action.key}", "pending", 0 if leased is None else 1, at, leased, at,
+        )  # fmt: skip
+        self.runs.add_delivery(delivery)
+        if leased is not None:
+            self.ready.append(delivery)
         self.queued_deliveries = True
         return "queued", delivery_id
 

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
+import urllib3
 
 from trackhouse.store.flows import DeliveryRow
 
@@ -35,8 +35,10 @@ RETRIES = 17
 RETRY_WAITS = [86400 * 2**k / (2**RETRIES - 1) for k in range(RETRIES)]
 TIMEOUT_SECONDS = 10.0
 LEASE_SECONDS = 600.0  # longer than a round of attempts can take
-ROUND = 64  # deliveries claimed at once
-SENDERS = 16  # attempts in flight at once (one slow receiver does not hold the others)
+ROUND = 64  # deliveries claimed from the store at once, at most
+SENDERS = 16  # attempts made at once (one slow receiver does not hold the others)
+IN_FLIGHT = 2 * SENDERS  # attempts handed to the senders at once
+CHUNK = 256  # bytes of an answer read at a time (the time bound is checked between reads)
 MAX_ANSWER = 2000  # characters of an answer's body kept as the detail
 USER_AGENT = "trackhouse-webhooks"
 
@@ -98,8 +100,19 @@ class Result:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def send(client: httpx.Client, delivery: DeliveryRow) -> Result:
-    """One attempt (never raises)."""
+def client() -> urllib3.PoolManager:
+    """The connection pools the attempts share (thread-safe): no retries and no redirects of
+    their own (a retry is a new attempt, recorded), TIMEOUT_SECONDS to connect and each read,
+    TLS verified against the system's certificates."""
+    return urllib3.PoolManager(
+        maxsize=SENDERS, retries=False,
+        timeout=urllib3.Timeout(connect=TIMEOUT_SECONDS, read=TIMEOUT_SECONDS),
+    )  # fmt: skip
+
+
+def send(pools: urllib3.PoolManager, delivery: DeliveryRow) -> Result:
+    """One attempt (never raises). At most MAX_ANSWER bytes of the answer are read, and no
+    read starts after TIMEOUT_SECONDS (a receiver dripping its answer cannot hold a sender)."""
     why = refused(delivery.url)
     if why is not None:
         return Result(None, 0.0, why, None, refused=True)
@@ -108,19 +121,28 @@ def send(client: httpx.Client, delivery: DeliveryRow) -> Result:
                "Idempotency-Key": delivery.idempotency_key}  # fmt: skip
     started = time.perf_counter()
     try:
-        with client.stream("POST", delivery.url, content=(delivery.body or "").encode(),
-                           headers=headers) as answer:  # fmt: skip
-            kept = b""
-            for chunk in answer.iter_bytes():  # at most MAX_ANSWER bytes are read
+        answer = pools.request("POST", delivery.url, body=(delivery.body or "").encode(),
+                               headers=headers, redirect=False,
+                               preload_content=False)  # fmt: skip
+        kept, whole = b"", False
+        try:
+            for chunk in answer.stream(CHUNK):
                 kept += chunk
                 if len(kept) >= MAX_ANSWER or time.perf_counter() - started > TIMEOUT_SECONDS:
                     break
-    except httpx.HTTPError as exc:
+            else:
+                whole = True
+        finally:
+            if whole:
+                answer.release_conn()  # read to its end: the connection is kept
+            else:
+                answer.close()  # the rest unread: the connection is dropped
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         took = (time.perf_counter() - started) * 1000
         return Result(None, took, f"{type(exc).__name__}: {exc}"[:500], None)
     took = (time.perf_counter() - started) * 1000
     text = kept[:MAX_ANSWER].decode("utf-8", "replace")
-    return Result(answer.status_code, took, None, text)
+    return Result(answer.status, took, None, text)
 
 
 def after(delivery: DeliveryRow, result: Result, at: float) -> tuple[str, float | None, str | None]:

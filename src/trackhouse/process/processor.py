@@ -15,24 +15,24 @@ and only the failing entry ends `rejected`, with the error as its reason.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import msgspec
 
 from trackhouse.clock import Clocks
 from trackhouse.flows import webhooks
 from trackhouse.flows.entry import Entry, Flows
-from trackhouse.flows.runner import Runner
+from trackhouse.flows.runner import ListChange, Runner
 from trackhouse.ids import short_id
 from trackhouse.log import EventLog, LogEntry
 from trackhouse.model import Submission
@@ -49,7 +49,7 @@ from trackhouse.store.base import (
     event_id,
     pack_results,
 )
-from trackhouse.store.flows import AttemptRow, FlowRunWrites
+from trackhouse.store.flows import AttemptRow, DeliveryRow, FlowRunWrites
 
 logger = logging.getLogger("trackhouse.process")
 
@@ -109,6 +109,11 @@ class Processor:
         self.membership.on_joins = self.entry.enter_joins
         self.deliveries_wake = threading.Event()  # set when a webhook delivery is queued
         self.webhook_lease = webhooks.lease_seconds()
+        # Deliveries claimed in the transaction of the step that queued them, committed, for
+        # the delivery thread to send at once (Runner.ready); the rest it claims itself.
+        self.runner.lease = self.webhook_lease
+        self.ready: collections.deque[DeliveryRow] = collections.deque()
+        self._next_claim = 0.0
         # The batch's list changes: (account, list, profile, add, at), applied with its
         # segments once its profiles are written.
         self._list_changes: list[tuple[str, str, str, bool, str]] = []
@@ -232,69 +237,82 @@ class Processor:
         return ran
 
     def deliver(self, stop: threading.Event) -> None:
-        """Attempt the webhook deliveries that are due, until `stop`: each claimed (leased, its
-        attempt counted) in one short transaction, sent with no lock held, and its result
-        recorded in another (flows/webhooks.py)."""
+        """Attempt the webhook deliveries that are due, until `stop` (flows/webhooks.py).
+        Each is claimed (leased, its attempt counted) in a committed transaction first: the
+        step's own (`ready`), or a short one here for retries and attempts whose worker died.
+        Up to IN_FLIGHT attempts are kept going on the senders, with no lock held; results
+        are recorded as they come, those that came together in one transaction."""
         backoff = 0.05
-        with (
-            httpx.Client(timeout=webhooks.TIMEOUT_SECONDS, follow_redirects=False) as client,
-            ThreadPoolExecutor(webhooks.SENDERS, thread_name_prefix="webhook") as senders,
-        ):
+        pools = webhooks.client()
+        in_flight: dict[Future[webhooks.Result], DeliveryRow] = {}
+        with ThreadPoolExecutor(webhooks.SENDERS, thread_name_prefix="webhook") as senders:
             while not stop.is_set():
                 try:
-                    sent = self.deliver_once(client, senders)
+                    for delivery in self._claim(webhooks.IN_FLIGHT - len(in_flight)):
+                        in_flight[senders.submit(webhooks.send, pools, delivery)] = delivery
+                    if not in_flight:
+                        self.deliveries_wake.wait(0.25)
+                        self.deliveries_wake.clear()
+                        continue
+                    done, _ = wait(in_flight, timeout=0.05, return_when=FIRST_COMPLETED)
+                    self._record([(in_flight.pop(f), f.result()) for f in done])
                 except Exception:
                     logger.exception("webhook deliveries stalled; retrying")
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.05
-                if not sent:
-                    self.deliveries_wake.wait(0.25)
-                    self.deliveries_wake.clear()
+            try:  # the attempts under way: their results kept (else their leases run out)
+                done, _ = wait(in_flight, timeout=webhooks.TIMEOUT_SECONDS * 2)
+                self._record([(in_flight.pop(f), f.result()) for f in done])
+            except Exception:
+                logger.exception("the last webhook results could not be recorded")
+        pools.clear()
 
-    def deliver_once(
-        self, client: httpx.Client, senders: ThreadPoolExecutor, limit: int = webhooks.ROUND
-    ) -> int:
-        """One round of due deliveries, sent side by side; how many were attempted."""
+    def _claim(self, room: int) -> list[DeliveryRow]:
+        """Up to `room` deliveries to attempt: those the steps claimed, then, when none wait
+        or at least twice a second while they keep coming, due ones claimed from the store."""
+        claimed: list[DeliveryRow] = []
+        while self.ready and len(claimed) < room:
+            claimed.append(self.ready.popleft())
+        if len(claimed) < room and (not claimed or time.monotonic() >= self._next_claim):
+            self._next_claim = time.monotonic() + 0.5
+            runs = self.store
+            assert isinstance(runs, FlowRunWrites)
+            wanted = min(room - len(claimed), webhooks.ROUND)
+            with self.lock, self.store.transaction():
+                claimed += runs.claim_deliveries(time.time(), self.webhook_lease, wanted)
+        return claimed
+
+    def _record(self, results: list[tuple[DeliveryRow, webhooks.Result]]) -> None:
+        """Attempts' results, in one transaction, and what follows each (flows/webhooks.py)."""
+        if not results:
+            return
         runs = self.store
         assert isinstance(runs, FlowRunWrites)
         with self.lock, self.store.transaction():
-            claimed = runs.claim_deliveries(time.time(), self.webhook_lease, limit)
-        sent = senders.map(lambda delivery: webhooks.send(client, delivery), claimed)
-        results = list(zip(claimed, sent, strict=True))
-        if results:  # the round's results at once (a crash before: all are sent again)
-            with self.lock, self.store.transaction():
-                for delivery, result in results:
-                    # As of when it was due on a frozen clock (tests move it); on a running
-                    # one as of now, so that retries after an outage are spaced from then.
-                    setting = self.clocks.setting(delivery.account_id)
-                    due = delivery.next_at if delivery.next_at is not None else time.time()
-                    at = due if setting.frozen else max(due, setting.now(time.time()))
-                    attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
-                                         result.duration_ms, result.error)  # fmt: skip
-                    status, next_at, detail = webhooks.after(delivery, result, at)
-                    runs.record_attempt(delivery, attempt, status, next_at, detail)
-        return len(claimed)
+            for delivery, result in results:
+                # As of when it was due on a frozen clock (tests move it); on a running one as
+                # of now, so that retries after an outage are spaced from then.
+                setting = self.clocks.setting(delivery.account_id)
+                due = delivery.next_at if delivery.next_at is not None else time.time()
+                at = due if setting.frozen else max(due, setting.now(time.time()))
+                attempt = AttemptRow(delivery.id, delivery.attempts, at, result.status_code,
+                                     result.duration_ms, result.error)  # fmt: skip
+                status, next_at, detail = webhooks.after(delivery, result, at)
+                runs.record_attempt(delivery, attempt, status, next_at, detail)
 
     def _run_flows(self) -> int:
         if self.store.shared:
             self.forget()  # other workers change profiles between transactions
-        self._list_changes = []
-        touched: dict[str, set[str]] = {}
         try:
             with self.store.transaction():
-                n = self.runner.run_due(FLOW_STEPS, touched, self._list_changes)
-                if n:
-                    self.book.flush()
-                    self.membership.apply(touched, self._list_changes)
+                n = self._run_steps(FLOW_STEPS)
         except BaseException:
             self.forget()
             raise
         self.membership.committed()
-        if self.runner.queued_deliveries:
-            self.runner.queued_deliveries = False
-            self.deliveries_wake.set()
+        self._hand_over()
         return n
 
     def _run_once(self, partition: int, max_entries: int) -> int:
@@ -370,18 +388,45 @@ class Processor:
                 self.membership.apply(_touched(outcomes), self._list_changes, self._stored)
                 if self._stored:
                     self.entry.enter(self._stored)
+                if self.entry.steps_added:  # their first steps, when due, in this transaction
+                    self._run_steps(FLOW_STEPS)
                 self.store.record_outcomes(outcomes)
                 self.store.before_commit(partition, entries[-1].position)
         except BaseException:
             self.forget()
             raise
         self.membership.committed()
+        self._hand_over()
         self.positions[partition] = entries[-1].position
+
+    def _run_steps(self, limit: int) -> int:
+        """Run up to `limit` due flow steps in the caller's transaction, with the profile and
+        membership changes they make; how many ran."""
+        self.entry.steps_added = False
+        touched: dict[str, set[str]] = {}
+        changes: list[ListChange] = []
+        n = self.runner.run_due(limit, touched, changes)
+        if n:
+            self.book.flush()
+            self.membership.apply(touched, changes)
+        return n
+
+    def _hand_over(self) -> None:
+        """After a commit: the deliveries its steps claimed go to the delivery thread."""
+        if self.runner.ready:
+            self.ready.extend(self.runner.ready)
+            self.runner.ready = []
+        if self.runner.queued_deliveries:
+            self.runner.queued_deliveries = False
+            self.deliveries_wake.set()
 
     def forget(self) -> None:
         """Drop every cache (after a rollback, or when another writer changed the store)."""
         self.book.forget()
         self.membership.forget()
+        self.runner.ready = []  # rolled back: never committed, so never sent
+        self.runner.queued_deliveries = False
+        self.entry.steps_added = False
         self._metrics.clear()
         self._metric_counts.clear()
 
