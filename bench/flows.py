@@ -9,10 +9,10 @@
   (target: report), beside the same run's baseline, the events/s with which processing stored
   and entered those events (their ratio), and the outbox checked to hold every email.
 - latency: `--flows` live flows, each on a metric of its own with one webhook action to a
-  receiver in a process of its own (bench/webhook_receiver.py); `--rate` events/s for `--seconds`, spread over the metrics so
-  that each event enters one flow. Reported: the time from each event's 202 to its webhook
-  arriving, p50 / p99 / max (target p99 < 1 s on real time), beside the same run's 202
-  response times, and that every webhook arrived.
+  receiver in a process of its own (bench/webhook_receiver.py); `--rate` events/s for
+  `--seconds`, spread over the metrics so that each event enters one flow. Reported: the time
+  from each event's 202 to its webhook arriving, p50 / p99 / max (target p99 < 1 s on real
+  time), beside the same run's 202 response times, and that every webhook arrived.
 
 The server runs with `--allow-http-webhooks` (the receiver is on loopback), rate limits off.
 """
