@@ -261,6 +261,12 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str, str]] = [
      f"{D}/profile_filter/condition_groups/0/conditions/0/percentage", "0 and 100"),
     ("reentry in months", lambda d: d.update(reentry_criteria={"duration": 1, "unit": "month"}),
      f"{D}/reentry_criteria/unit", ""),
+    ("a template nested 5,000 deep", lambda d: d["actions"][3]["data"]["message"].update(
+        subject_line="{% if 1 %}" * 5000 + "{% endif %}" * 5000),
+     f"{D}/actions/3/data/message/subject_line", "nested more than 50 deep"),
+    ("a lorem tag", lambda d: d["actions"][2]["data"]["message"].update(
+        body="{% lorem 999999999 w %}"),
+     f"{D}/actions/2/data/message/body", "not supported"),
     ("a list-update to no list", lambda d: d["actions"][3].update(
         type="list-update", data={"name": "Add", "on_execution": True, "list_id": "NOLIST"}),
      f"{D}/actions/3/data/list_id", "No list"),

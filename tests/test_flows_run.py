@@ -445,3 +445,38 @@ def test_edited_and_deleted_actions_are_what_runs(
     assert not {"true", "false"} & {s["outcome"] for s in dee["steps"]}  # no split on its way
     recipients = [m["recipient"] for m in admin.get("/admin/outbox").json()["data"]]
     assert sorted(recipients) == ["ann@example.com", "dee@example.com"]
+
+
+def test_a_costly_template_skips_its_message_and_processing_goes_on(
+    world: tuple[Server, httpx.Client, httpx.Client],
+) -> None:
+    """A subject that doubles itself forty times through `{% with %}` (flows/render.py's
+    bounds): the email is skipped, saying why, and the next event is processed as usual."""
+    server, api, admin = world
+    viewed = _metric(server, api, "Viewed Product")
+    costly = "".join(
+        f"{{% with v{n}=v{n - 1}|add:v{n - 1} %}}"
+        if n
+        else "{% with v0=event.ItemName|add:event.ItemName %}"
+        for n in range(40)
+    )
+    costly += "{{ v39|length }}" + "{% endwith %}" * 40  # fmt: skip
+    definition = {
+        "triggers": [{"type": "metric", "id": viewed}],
+        "entry_action_id": "mail",
+        "actions": [{"temporary_id": "mail", "type": "send-email", "links": {"next": None},
+                     "data": {"status": "live", "message": {"subject_line": costly}}}],
+    }  # fmt: skip
+    body = {"data": {"type": "flow", "attributes": {"name": "costly", "definition": definition}}}
+    r = api.post("/api/flows", json=body)
+    assert r.status_code == 201, r.text
+    flow_id = r.json()["data"]["id"]
+    live = {"data": {"type": "flow", "id": flow_id, "attributes": {"status": "live"}}}
+    assert api.patch(f"/api/flows/{flow_id}", json=live).status_code == 200
+    _send(api, "ann@example.com", "Viewed Product", properties={"ItemName": "Shoes"})
+    server.settle()
+    (message,) = admin.get("/admin/outbox").json()["data"]
+    assert message["status"] == "skipped" and "1,000,000 characters" in message["reason"]
+    after = _send(api, "bob@example.com", "Placed Order", value=5)
+    server.settle()
+    assert _outcome(api, after)["outcome"] == "stored"
