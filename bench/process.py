@@ -134,8 +134,8 @@ def lag_run(log: SQLiteLog, processor: Processor, rate: int, seconds: float) -> 
     batches: list[tuple[int, int, float]] = []  # first seq, last seq, commit time
     commit = processor._commit
 
-    def timed_commit(entries, apply) -> None:  # type: ignore[no-untyped-def]
-        commit(entries, apply)
+    def timed_commit(partition, entries, apply) -> None:  # type: ignore[no-untyped-def]
+        commit(partition, entries, apply)
         batches.append((entries[0].seq, entries[-1].seq, time.perf_counter()))
 
     processor._commit = timed_commit  # type: ignore[method-assign]
