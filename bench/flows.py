@@ -51,10 +51,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`trackhouse serve`; with `split`, `serve --no-process` and a `trackhouse process` beside
-    it (processing, flow steps and webhooks in a process, and a GIL, of their own)."""
+    """`trackhouse serve --processing P` (auto: serve's default, a second process of its own on
+    two cores); with "split", `serve --no-process` and a `trackhouse process` started beside it
+    by hand."""
 
-    def __init__(self, data: Path, split: bool = False) -> None:
+    def __init__(self, data: Path, processing: str = "auto") -> None:
+        split = processing == "split"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, TRACKHOUSE_PRIVATE_KEY=PRIVATE_KEY, TRACKHOUSE_PUBLIC_KEY="TrkHs1",
@@ -62,7 +64,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackhouse", "serve", "--data-dir", str(data), "--port",
              str(self.port), "--allow-http-webhooks", "--quiet",
-             *(["--no-process"] if split else [])],
+             *(["--no-process"] if split else ["--processing", processing])],
             env=env,
         )  # fmt: skip
         self.worker = None
@@ -270,7 +272,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def part_latency(args: argparse.Namespace, work: Path) -> str:
     receiver = Receiver()
-    server = Server(work / "latency", split=args.split)
+    server = Server(work / "latency", args.processing)
     accepted: dict[int, float] = {}
     answered: list[float] = []
     sent_for = [0.0]
@@ -297,7 +299,11 @@ def part_latency(args: argparse.Namespace, work: Path) -> str:
     latencies = [arrived[n] - at for n, at in accepted.items() if n in arrived]
     missing = len(accepted) - len(latencies)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    where = ", processing in a process of its own" if args.split else ""
+    where = (
+        f", serve --processing {args.processing}"
+        if args.processing != "split"
+        else (", serve --no-process beside a trackhouse process")
+    )
     return "\n".join([
         f"- {len(accepted):,} events accepted, asked at {args.rate:,}/s for {args.seconds:g} s, "
         f"sent in {sent_for[0]:.1f} s ({len(accepted) / sent_for[0]:,.0f}/s), over "
@@ -317,8 +323,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--flows", type=int, default=10)
-    split = "latency: processing in a `trackhouse process` of its own"
-    parser.add_argument("--split", action="store_true", help=split)
+    where = (
+        "latency: serve --processing auto (the default: a second process on two cores), "
+        "thread, process, or split (serve --no-process and a trackhouse process)"
+    )
+    parser.add_argument(
+        "--processing", choices=["auto", "thread", "process", "split"], default="auto", help=where
+    )
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:

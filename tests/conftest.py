@@ -31,6 +31,7 @@ WITH_CLUSTER = [*BACKENDS, "cluster"] if "postgres" in BACKENDS else BACKENDS
 PRIVATE_KEY = "pk_0123456789abcdef0123456789abcdef01"
 PUBLIC_KEY = "TrkHs1"
 ADMIN_KEY = "pk_adm1n0000000000000000000000000000"
+ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}  # headers of test control
 NEWEST = "2026-10-15"  # what klaviyo-api 25 sends
 
 
@@ -252,11 +253,17 @@ def _server_class(backend: str) -> type[Server]:
 @pytest.fixture
 def start_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Start servers with custom settings, on the backend of the test's parameter; all are
-    stopped after the test. The same `data_dir` again means the same data (a restart)."""
+    stopped after the test. The same `data_dir` again means the same data (a restart).
+    They process in a thread unless a test says otherwise: serve's default on two cores, a
+    second process, takes about a second to start (its imports) before the first event is
+    processed, which every test that starts a server would wait for. That default is what
+    the shared `server`, tests/test_processing_apart.py and the reset tests run."""
     started: list[Server] = []
     urls: dict[Path, str | None] = {}
 
     def start(*args: str, data_dir: Path | None = None, **env: str) -> Server:
+        if not {"--processing", "--no-process", "--workers"} & set(args):
+            args = (*args, "--processing", "thread")
         data = data_dir or tmp_path / f"data{len(started)}"
         if data not in urls:
             urls[data] = _store_url(backend, request)

@@ -14,10 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_KEY, PUBLIC_KEY, Server, event_body, single_error
+from conftest import ADMIN, PUBLIC_KEY, Server, event_body, single_error
 from test_segments import definition, members, new_segment
-
-ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (
-    ADMIN_KEY,
+    ADMIN,
     BACKENDS,
     NEWEST,
     PRIVATE_KEY,
@@ -35,7 +35,6 @@ from trackhouse.log.postgres import partition_of
 from trackhouse.model import ProfileChange, Submission
 
 pytestmark = pytest.mark.skipif("postgres" not in BACKENDS, reason="PostgreSQL backend not run")
-ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 PARTITIONS = 16
 
 

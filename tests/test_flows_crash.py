@@ -30,14 +30,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from conftest import ADMIN_KEY, PRIVATE_KEY, Server, bulk_body, bulk_event
+from conftest import ADMIN, PRIVATE_KEY, Server, bulk_body, bulk_event
 
 from trackhouse.backends import STORE_FILE
 
 PROFILES = int(os.environ.get("TRACKHOUSE_FLOW_CRASH_PROFILES", "2000"))
 MIN_KILLS = 5
 START = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
-ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 API = {"Authorization": f"Klaviyo-API-Key {PRIVATE_KEY}", "revision": "2026-10-15"}
 
 

@@ -15,11 +15,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from conftest import ADMIN_KEY, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body
+from conftest import ADMIN, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body
 from test_flows_api import abandoned_cart
 from test_list_members import change, new_list, new_profiles
 
-ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
 START = "2026-03-02T09:00:00+00:00"
 
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 from conftest import (
-    ADMIN_KEY,
+    ADMIN,
     bulk_body,
     bulk_event,
     event_body,
@@ -25,7 +25,9 @@ from conftest import (
 
 from trackhouse.backends import LOG_FILE, STORE_FILE
 
-ADMIN = {"Authorization": f"Klaviyo-API-Key {ADMIN_KEY}"}
+# Resets hold processing in its own process (Processor.reset_account) or in serve's second
+# process (through the store: SQLiteStore.reset_account).
+PROCESSING = pytest.mark.parametrize("processing", ["thread", "process"])
 
 
 def _send(server, n: int, prefix: str) -> list[str]:
@@ -236,12 +238,13 @@ def _bulk_jobs(server, jobs: int, groups: int, prefix: str) -> list[str]:
     return ids
 
 
-def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
+@PROCESSING
+def test_reset_deletes_exactly_what_was_accepted_before_it(start_server, processing):
     """Processing behind (the store locked from outside, more than a batch waiting), a reset
     starts, and 20 events are accepted a second later: those 20 must survive the reset. Before,
     whichever ran first after the lock went — the reset's catching up or the processor — took
     them into its batch, and the reset deleted them."""
-    server = start_server()
+    server = start_server("--processing", processing)
     before = _send(server, 10, "old")
     server.settle()
     blocker = server.lock_store()  # the processor's writes now wait
@@ -276,8 +279,11 @@ def test_reset_deletes_exactly_what_was_accepted_before_it(start_server):
     assert len(events) == 20
 
 
-def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing(start_server):
-    server = start_server()
+@PROCESSING
+def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing(
+    start_server, processing
+):
+    server = start_server("--processing", processing)
     receipts = _send(server, 3, "kept")
     server.settle()
     blocker = server.lock_store()
@@ -303,10 +309,11 @@ def test_reset_with_storage_stuck_answers_503_by_its_timeout_and_deletes_nothing
         assert len(c.get("/api/events").json()["data"]) == 4
 
 
-def test_concurrent_resets_take_turns_and_processing_goes_on(start_server):
+@PROCESSING
+def test_concurrent_resets_take_turns_and_processing_goes_on(start_server, processing):
     """Two resets waiting at once, at different log heads: each deletes what was there at
     its call, neither waits for ever, and processing goes on after them."""
-    server = start_server()
+    server = start_server("--processing", processing)
     blocker = server.lock_store()
     results: list[httpx.Response] = []
 

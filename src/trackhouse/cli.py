@@ -65,6 +65,15 @@ def main() -> None:
     help="Only accept events into the log; run `trackhouse process` to process them.",
 )
 @click.option(
+    "--processing",
+    type=click.Choice(["auto", "thread", "process"]),
+    default="auto",
+    show_default=True,
+    envvar="TRACKHOUSE_PROCESSING",
+    help="Where events are processed: in a thread of this process, in a second process (each "
+    "gets a core), or auto: the second process when this one may run on two cores or more.",
+)
+@click.option(
     "--max-backlog",
     type=click.IntRange(min=0),
     default=None,
@@ -93,6 +102,7 @@ def serve(
     port: int,
     no_rate_limits: bool,
     no_process: bool,
+    processing: str,
     max_backlog: int | None,
     workers: int,
     allow_http_webhooks: bool,
@@ -113,6 +123,7 @@ def serve(
         data_dir=data_dir, store_url=store_url, host=host, port=port, process=not no_process
     )
     settings.api_processes, settings.reuse_port, settings.quiet = workers, reuse_port, quiet
+    settings.processing = processing
     if no_rate_limits:
         settings.rate_limits = None
     if max_backlog is not None:
@@ -129,7 +140,15 @@ def serve(
     is_flag=True,
     help="As serve's: flow webhooks may go to http URLs and private addresses.",
 )
-def process(data_dir: Path, store_url: str | None, allow_http_webhooks: bool) -> None:
+@click.option("--signals-fd", type=int, default=None, hidden=True)  # serve's second process
+@click.option("--claim-fd", type=int, default=None, hidden=True)  # the claim serve took for it
+def process(
+    data_dir: Path,
+    store_url: str | None,
+    allow_http_webhooks: bool,
+    signals_fd: int | None,
+    claim_fd: int | None,
+) -> None:
     """Process without serving the API, until interrupted: the log of --data-dir, or, with
     --store, as one of any number of workers sharing the log's partitions."""
     import signal
@@ -142,9 +161,12 @@ def process(data_dir: Path, store_url: str | None, allow_http_webhooks: bool) ->
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if signals_fd is None:
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    else:  # serve stops it, by closing the pipe, once its own requests are done
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     with _refusals():
-        process_only(_where(data_dir, store_url), stop)
+        process_only(_where(data_dir, store_url), stop, signals_fd, claim_fd)
 
 
 @contextlib.contextmanager
@@ -213,7 +235,8 @@ def _announce(first, settings) -> None:
         click.echo("  private key: created on first start; `trackhouse keys create` makes another")
     limits = "off" if settings.rate_limits is None else "on"
     click.echo(f"  rate limits: {limits}")
-    click.echo(f"  processing:  {'in this process' if settings.process else 'off (--no-process)'}")
+    where = "in a second process" if settings.separate else "in this process"
+    click.echo(f"  processing:  {where if settings.process else 'off (--no-process)'}")
     n = settings.max_backlog
     bound = f"writes get 503 past {n:,} unprocessed log entries" if n else "no bound"
     click.echo(f"  backlog:     {bound}")

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,11 @@ from trackhouse.api.http import BoundedHttpTools
 from trackhouse.api.ratelimit import Limit, RateLimiter, parse_daily_limits, parse_limits
 from trackhouse.backends import Location, open_accounts, open_api_share, open_pipeline
 from trackhouse.log import EventLog
+from trackhouse.process.child import ProcessorProcess, cores, follow_signals
 from trackhouse.process.processor import Processor
+from trackhouse.store import ProcessorRunning
 from trackhouse.store.accounts import ADMIN_SCOPE, AccountStore
-from trackhouse.store.base import Store
+from trackhouse.store.base import ProcessingClaim, Store
 
 logger = logging.getLogger("trackhouse.server")
 
@@ -44,7 +47,10 @@ class Settings:
     daily_limits: dict[str, int] = field(
         default_factory=lambda: parse_daily_limits(os.environ.get("TRACKHOUSE_DAILY_LIMITS"))
     )
-    process: bool = True  # run the processor in the serving process
+    process: bool = True  # process what is accepted (off: `trackhouse process` does)
+    # Where: "thread" (in the serving process), "process" (a second one, process/child.py),
+    # or "auto": the second process when this one may run on two cores or more.
+    processing: str = "auto"
     # How many log entries processing may fall behind before writes get 503 (None: no bound).
     max_backlog: int | None = field(
         default_factory=lambda: (
@@ -59,6 +65,14 @@ class Settings:
     @property
     def location(self) -> Location:
         return Location(self.data_dir, self.store_url)
+
+    @property
+    def separate(self) -> bool:
+        """Processing runs in a second process (never with --workers: each of those N
+        processes processes in a thread)."""
+        if not self.process or self.api_processes > 1 or self.processing == "thread":
+            return False
+        return self.processing == "process" or cores() >= 2
 
 
 def collect_less() -> None:
@@ -124,7 +138,8 @@ def backlog_bound(
 
 
 def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) -> None:
-    """The API and (unless settings.process is off) the processor, in one process — or, with
+    """The API and (unless settings.process is off) the processor: in a second process where
+    there are two cores (`Settings.separate`), else in this one — or, with
     `settings.api_processes` > 1, in that many processes sharing the port."""
     if settings.api_processes > 1:
         serve_several(settings, announce)
@@ -136,11 +151,36 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
         log, store = open_pipeline(where, resources)
         accounts = open_accounts(where)
         resources.callback(accounts.close)
-        processor = Processor(log, store) if settings.process else None
-        if processor is not None:
+        processor: Processor | ProcessorProcess | None = None
+        if settings.separate:
+            claim = None
+            if where.url is None:  # held here, so no other processor slips in at a restart
+                claim = _claim_waiting(store)
+                resources.callback(claim.release)
+            processor = ProcessorProcess(where, None if claim is None else claim.fileno())
+            # Started now, so that its start (imports: ~1 s here) overlaps this one's; stopped
+            # before the log and the store close.
+            processor.start()
+            resources.callback(processor.stop)
+        elif settings.process:
+            processor = Processor(log, store)
             resources.callback(processor.close)
         share = open_api_share(where, resources)
         _serve(settings, announce, log, store, accounts, processor, share)
+
+
+def _claim_waiting(store: Store, seconds: float = 10.0) -> ProcessingClaim:
+    """The embedded store's processing claim, for the second process; refused at start
+    (ProcessorRunning) while another processor holds it — after a grace for the second
+    process of a server that was just stopped or killed to finish its batch."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return store.claim_processing()
+        except ProcessorRunning:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _serve(
@@ -149,7 +189,7 @@ def _serve(
     log: EventLog,
     store: Store,
     accounts: AccountStore,
-    processor: Processor | None,
+    processor: Processor | ProcessorProcess | None,
     share: Callable[[], tuple[int, int]] | None = None,
 ) -> None:
     stop = threading.Event()
@@ -164,14 +204,16 @@ def _serve(
             announce(first, settings)
         if processor is not None:
             log.on_commit(processor.wake.set)
+        if isinstance(processor, Processor):
             thread = threading.Thread(target=processor.run, args=(stop,), name="processor")
             thread.start()
         limiter = (
             None if settings.rate_limits is None else RateLimiter(settings.rate_limits, share=share)
         )
+        here = processor if isinstance(processor, Processor) else None
         app = build_app(
             log, accounts, store, processor, limiter,
-            backlog_bound(settings, log, store, processor), settings.daily_limits,
+            backlog_bound(settings, log, store, here), settings.daily_limits,
         )  # fmt: skip
         config = uvicorn.Config(
             app,
@@ -200,18 +242,29 @@ def _serve(
             signal.signal(signal.SIGINT, signal.default_int_handler)
         # In-flight requests are done; finish the batch in hand, then commit what is queued.
         stop.set()
-        if thread is not None and processor is not None:
+        if thread is not None and isinstance(processor, Processor):
             processor.wake.set()
             processor.hurry.set()
             thread.join()
 
 
-def process_only(where: Location, stop: threading.Event) -> None:
-    """Run a processor (a worker, on PostgreSQL) alone, without the API."""
+def process_only(
+    where: Location,
+    stop: threading.Event,
+    signals_fd: int | None = None,
+    claim_fd: int | None = None,
+) -> None:
+    """Run a processor (a worker, on PostgreSQL) alone, without the API; as `serve`'s second
+    process, woken through the pipe `signals_fd`, with the claim `serve` took (process/child.py)."""
     with contextlib.ExitStack() as resources:
         log, store = open_pipeline(where, resources)
-        processor = Processor(log, store)
+        processor = Processor(log, store, claim=claim_fd)
         resources.callback(processor.close)
+        if signals_fd is not None:
+            threading.Thread(
+                target=follow_signals, name="signals", daemon=True,
+                args=(signals_fd, processor.wake, processor.hurry, processor.deliveries_wake, stop),
+            ).start()  # fmt: skip
         collect_less()
         processor.run(stop)
 
@@ -241,6 +294,7 @@ def serve_several(settings: Settings, announce: Callable[[FirstStart, Settings],
         command.append("--no-rate-limits")
     if not settings.process:
         command.append("--no-process")
+    command += ["--processing", "thread"]
     children = [subprocess.Popen(command) for _ in range(settings.api_processes)]
     announce(first, settings)
     stopping = threading.Event()

@@ -18,6 +18,7 @@ from trackhouse.api import auth
 from trackhouse.api.accept import accounts, event_log, jsonapi_response
 from trackhouse.api.errors import APIError
 from trackhouse.clock import REAL_TIME, Clocks
+from trackhouse.process.processor import Processor
 from trackhouse.store import ResetElsewhere
 from trackhouse.store.accounts import ADMIN_SCOPE
 from trackhouse.store.base import Store
@@ -126,10 +127,17 @@ async def reset(request: Request) -> Response:
     # is processed after the reset, and kept (processing is held at the log's heads).
     deadline = time.monotonic() + timeout_param(request)
     try:
-        if processor is not None and event_log(request).partitions == 1:
+        if isinstance(processor, Processor) and event_log(request).partitions == 1:
             _, deleted = await asyncio.to_thread(processor.reset_account, account_id, deadline)
-        else:  # the store coordinates every worker of the cluster
-            deleted = await asyncio.to_thread(store.reset_account, account_id, deadline)
+        else:  # the store coordinates a processor in another process, or a cluster's workers
+            if processor is not None:  # serve's second process: on with what it has, at once
+                processor.wake.set()
+                processor.hurry.set()
+            try:
+                deleted = await asyncio.to_thread(store.reset_account, account_id, deadline)
+            finally:
+                if processor is not None:  # held no longer: what came meanwhile, at once
+                    processor.wake.set()
     except ResetElsewhere:
         raise APIError(
             409, "conflict", "Processing runs in another process; reset the account there."

@@ -36,7 +36,7 @@ from trackhouse.api.errors import JSONAPI, APIError
 from trackhouse.api.ratelimit import RateLimiter
 from trackhouse.clock import Clocks
 from trackhouse.log import EventLog
-from trackhouse.process.processor import Processor
+from trackhouse.process import ProcessorSignals
 from trackhouse.store import StoreUnavailable
 from trackhouse.store.accounts import AccountStore
 from trackhouse.store.base import Store
@@ -284,7 +284,7 @@ def build_app(
     log: EventLog,
     accounts: AccountStore,
     store: Store,
-    processor: Processor | None,
+    processor: ProcessorSignals | None,
     limiter: RateLimiter | None,
     backlog: Backlog | None = None,
     daily_limits: dict[str, int] | None = None,
@@ -302,7 +302,7 @@ def build_app(
     app.state.accounts = accounts
     app.state.store = store
     app.state.clocks = Clocks(store.clock_settings)  # the accounts' clocks (test control)
-    app.state.processor = processor  # None when processing runs elsewhere
+    app.state.processor = processor  # here or serve's second process; None: elsewhere
     app.state.limiter = limiter  # None: rate limits off
     app.state.backlog = backlog  # None: no bound on how far processing may fall behind
     app.state.daily_limits = daily_limits or {}  # kind → creations a day (empty: off)

@@ -85,11 +85,14 @@ def _iso(seconds: float) -> str:
 
 
 class Processor:
-    def __init__(self, log: EventLog, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self, log: EventLog, store: Store, clock: Clock | None = None, claim: int | None = None
+    ) -> None:
         self.log = log
         # One processor per store (ProcessorRunning otherwise): two would race on the same
-        # entries and one would loop on their outcomes' unique key forever.
-        self.claim = store.claim_processing()
+        # entries and one would loop on their outcomes' unique key forever. (`claim`: the
+        # claim's descriptor, taken by `serve` for its second process.)
+        self.claim = store.claim_processing(claim)
         try:
             self.store = store.writer()
         except BaseException:
@@ -135,6 +138,7 @@ class Processor:
         # Partitions a reset elsewhere (in the store) holds, at the ceiling last seen.
         self._holds: dict[int, int] = {}
         self.last_error: str | None = None  # storage trouble being retried, for /admin/wait
+        self._resets = -1  # resets_done as last seen (-1: not yet looked)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -307,6 +311,7 @@ class Processor:
             self.forget()  # other workers change profiles between transactions
         try:
             with self.store.transaction():
+                self._check_resets()
                 n = self._run_steps(FLOW_STEPS)
         except BaseException:
             self.forget()
@@ -339,8 +344,11 @@ class Processor:
         at = self.positions.get(partition)
         if at is None:
             at = self.positions[partition] = self.store.processed_position(partition)
-        with self._ceilings_lock:
-            until = min(self._ceilings, default=None)
+        with self._ceilings_lock, self.store.reading(partition) as held_elsewhere:
+            ceilings = (
+                self._ceilings if held_elsewhere is None else [*self._ceilings, held_elsewhere]
+            )
+            until = min(ceilings, default=None)
             entries = self.log.read(partition, at, max_entries, BATCH_BYTES)
         if partition in self._holds:  # held by a reset elsewhere: is it still?
             held = self.store.ceiling(partition)
@@ -383,6 +391,7 @@ class Processor:
             with self.store.transaction():
                 # First: another worker that moved the position meanwhile fences this batch.
                 self.store.advance(partition, old, entries[-1].position)
+                self._check_resets()
                 outcomes = apply(entries)
                 self.book.flush()
                 self.membership.apply(_touched(outcomes), self._list_changes, self._stored)
@@ -419,6 +428,13 @@ class Processor:
         if self.runner.queued_deliveries:
             self.runner.queued_deliveries = False
             self.deliveries_wake.set()
+
+    def _check_resets(self) -> None:
+        """In a transaction, before anything remembered is used: an account reset by another
+        process (SQLiteStore.reset_account) deleted what the caches hold."""
+        if not self.store.shared and (done := self.store.resets_done()) != self._resets:
+            self.forget()
+            self._resets = done
 
     def forget(self) -> None:
         """Drop every cache (after a rollback, or when another writer changed the store)."""

@@ -279,6 +279,10 @@ class ProcessingClaim(Protocol):
     def partitions(self) -> list[int]:
         """The partitions held now (a shared log's are rebalanced as workers come and go)."""
 
+    def fileno(self) -> int | None:
+        """A descriptor that carries the claim to a child process (`claim_processing`'s
+        `inherited`): the embedded store's lock file; None for leases in the store."""
+
     def release(self) -> None: ...
 
 
@@ -354,6 +358,11 @@ class StoreWriter(Protocol):
         """How many lists and segments were ever deleted (by the API): what a processor
         remembers of memberships past its transactions holds while this does not change."""
 
+    def resets_done(self) -> int:
+        """How many account resets have committed (test control), read first in a batch's
+        transaction: after one by another process, what a processor remembers of the store
+        no longer holds. (A shared store's processor remembers nothing past a transaction.)"""
+
     def metric_events(
         self,
         account_id: str,
@@ -405,6 +414,11 @@ class StoreWriter(Protocol):
         """The batch's last step: ProcessingHeld if a reset elsewhere now holds the partition
         short of `position` (the batch is redone up to the hold)."""
 
+    def reading(self, partition: int) -> AbstractContextManager[int | None]:
+        """Around reading a batch's entries from the log: the position a reset in another
+        process holds the partition at, where holds are read with the entries (the embedded
+        store; None elsewhere, and where none is held)."""
+
     def ceiling(self, partition: int) -> int | None:
         """The position past which a reset in progress holds the partition's processing
         (asked only once a batch was held, until the hold is gone)."""
@@ -420,7 +434,10 @@ class Store(Protocol):
 
     def writer(self) -> StoreWriter: ...
 
-    def claim_processing(self) -> ProcessingClaim: ...
+    def claim_processing(self, inherited: int | None = None) -> ProcessingClaim:
+        """The right to process (ProcessorRunning where another processor holds it);
+        `inherited`: the descriptor of the claim `serve` took for its second process (the
+        embedded store's; ignored where claims are leases in the store)."""
 
     def bind_log(self, log: EventLog, log_name: str) -> None:
         """Refuse a log this store was not built from (LogMismatch)."""

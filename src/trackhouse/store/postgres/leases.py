@@ -108,6 +108,9 @@ class PartitionLeases:
                 held = sorted(held + [p for (p,) in taken])
         self._held = held
 
+    def fileno(self) -> int | None:
+        return None  # leases are the store's rows: each worker takes its own
+
     def release(self) -> None:
         """Hand every partition back at once (a clean stop), so others need not wait."""
         with contextlib.suppress(Exception):

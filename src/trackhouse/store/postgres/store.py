@@ -77,7 +77,7 @@ class PostgresStore(flow_runs.FlowRunReads):
     def writer(self) -> PostgresWriter:
         return PostgresWriter(self.url)
 
-    def claim_processing(self) -> PartitionLeases:
+    def claim_processing(self, inherited: int | None = None) -> PartitionLeases:
         return PartitionLeases(self.url, self.partitions)
 
     def bind_log(self, log: EventLog, log_name: str) -> None:

@@ -338,6 +338,9 @@ class PostgresWriter(flow_runs.FlowRunWrites):
         found = self._rows("SELECT value FROM trackhouse_meta WHERE key = 'groups_deleted'", ())
         return int(found[0][0]) if found else 0
 
+    def resets_done(self) -> int:
+        return 0  # shared: processors remember nothing past a transaction (Processor.forget)
+
     def metric_events(
         self,
         account_id: str,
@@ -418,6 +421,9 @@ class PostgresWriter(flow_runs.FlowRunWrites):
             "SELECT position FROM positions WHERE partition = %s", (partition,)
         )
         return 0 if row is None else row[0]
+
+    def reading(self, partition: int) -> contextlib.AbstractContextManager[int | None]:
+        return contextlib.nullcontext()  # holds are checked as a batch commits (before_commit)
 
     def ceiling(self, partition: int) -> int | None:
         row = self._between_batches(_CEILING, (partition,))

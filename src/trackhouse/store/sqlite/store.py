@@ -9,11 +9,15 @@ queries it shares with PostgreSQL are built by `store/sql.py`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
 import sqlite3
 import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -259,8 +263,12 @@ class _StorageErrors:
 storage_errors = _StorageErrors()
 
 
+BUSY_SECONDS = 30.0  # how long a write waits for another writer's lock
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_SECONDS)  # fmt: skip
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # the log is the durable record; see Processor
     return conn
@@ -270,8 +278,11 @@ class ProcessingClaim:
     """An exclusive `flock` on a file beside the store. The kernel drops it when its process
     dies, however it dies, so a crashed processor never leaves a stale claim behind."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, inherited: int | None = None) -> None:
         self.path = path
+        if inherited is not None:  # already locked, by the process that handed it over
+            self._file = open(inherited, "a+", closefd=True)  # noqa: SIM115
+            return
         self._file = open(path, "a+")  # noqa: SIM115 (held open for as long as the claim)
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -290,9 +301,79 @@ class ProcessingClaim:
     def partitions(self) -> list[int]:
         return [0]  # the embedded log has one
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
     def release(self) -> None:
         if not self._file.closed:
             self._file.close()  # closing the file drops the lock
+
+
+class ResetGate:
+    """The holds of resets in the API process on a processor in another one, in a file beside
+    the store, under a `flock` of it: the processor holds it shared while it reads the holds
+    and then a batch's entries from the log; a reset holds it exclusively while it reads the
+    log's head and adds its hold (a moment: nothing else is waited for meanwhile). So a batch
+    either read its entries before the head was read (none past it) or sees the hold.
+    The file holds a line per hold: reset id, ceiling, expiry (Unix time)."""
+
+    def __init__(self, store_path: Path) -> None:
+        path = store_path.with_name(store_path.name + ".resets")
+        self._file = open(path, "a+")  # noqa: SIM115 (one open file: the lock is its own)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[int | None]:
+        """Shared: the lowest ceiling held (None: none), fixed until the block ends."""
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+        try:
+            yield min((ceiling for _, ceiling, _ in self._holds()), default=None)
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def hold(self, reset_id: str, head: Callable[[], int], expires: float, deadline: float) -> int:
+        """Exclusive: read the log's head and hold processing there; the head."""
+        with self._exclusive(deadline):
+            at = head()
+            self._write([*self._holds(), (reset_id, at, expires)])
+            return at
+
+    def release(self, reset_id: str, deadline: float) -> None:
+        with self._exclusive(deadline):
+            self._write([h for h in self._holds() if h[0] != reset_id])
+
+    def _holds(self) -> list[tuple[str, int, float]]:
+        """Those not expired: a reset whose process died lets go in the end."""
+        self._file.seek(0)
+        now, found = time.time(), []
+        for line in self._file.read().splitlines():
+            reset_id, ceiling, expires = line.split()
+            if float(expires) > now:
+                found.append((reset_id, int(ceiling), float(expires)))
+        return found
+
+    def _write(self, holds: list[tuple[str, int, float]]) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write("".join(f"{r} {c} {e}\n" for r, c, e in holds))
+        self._file.flush()
+
+    @contextlib.contextmanager
+    def _exclusive(self, deadline: float) -> Iterator[None]:
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("processing did not let go of the log") from None
+                time.sleep(0.001)  # a processor holds it shared for one read of the log
+        try:
+            yield
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class SQLiteStore(flow_runs.FlowRunReads):
@@ -305,6 +386,7 @@ class SQLiteStore(flow_runs.FlowRunReads):
         self._conn = connect(path)
         self._conn.executescript(SCHEMA + flow_runs.SQLITE_SCHEMA)
         self._lock = threading.Lock()
+        self._log: EventLog | None = None  # bind_log's
         self._add_job_group()
         self._rekey_emails()
 
@@ -399,6 +481,7 @@ class SQLiteStore(flow_runs.FlowRunReads):
                 f"cut short. Events accepted now would never be processed. Put the complete "
                 f"log back, or start with a new data directory."
             )
+        self._log = log
 
     def _check_processed_entry(self, log: EventLog, log_name: str, position: int) -> None:
         rows = self._all(
@@ -423,11 +506,14 @@ class SQLiteStore(flow_runs.FlowRunReads):
                 f"with a new data directory."
             )
 
-    def claim_processing(self) -> ProcessingClaim:
+    def claim_processing(self, inherited: int | None = None) -> ProcessingClaim:
         """The right to process into this store, held until released or the process ends.
         Two processors on one store would apply the same entries twice; the second one is
-        refused at once (ProcessorRunning, naming the process that holds the claim)."""
-        return ProcessingClaim(self.path.with_name(self.path.name + ".processor.lock"))
+        refused at once (ProcessorRunning, naming the process that holds the claim). With
+        `inherited`, the claim `serve` took and handed its second process (the lock belongs
+        to the open file, which both share, so `serve` holds it across the child's restarts
+        and no other processor can slip in between)."""
+        return ProcessingClaim(self.path.with_name(self.path.name + ".processor.lock"), inherited)
 
     def position(self) -> int:
         rows = self._all("SELECT seq FROM positions WHERE name = ?", (POSITION,))
@@ -686,7 +772,36 @@ class SQLiteStore(flow_runs.FlowRunReads):
             self._run(sql_reads.set_clock(_SQL), (account_id, setting.frozen_at, setting.offset))
 
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
-        raise ResetElsewhere  # the processor holds itself (Processor.reset_account)
+        """For a processor in another process (`serve`'s second process, `trackhouse
+        process`): hold processing at the log's head as it is now (`ResetGate`), wait for
+        processing to reach it, then delete the account's data in one transaction, which also
+        tells the processor that what it remembers no longer holds (`resets_done`), and let
+        go. A processor in this process holds itself instead (Processor.reset_account)."""
+        log = self._log
+        if log is None or log.partitions != 1:
+            raise ResetElsewhere
+        reset_id = uuid.uuid4().hex
+        lasts = max(1.0, deadline - time.monotonic()) + 5  # if this process dies
+        gate = ResetGate(self.path)
+        writer = self.writer()
+        try:
+            head = gate.hold(reset_id, lambda: log.heads()[0], time.time() + lasts,
+                             deadline)  # fmt: skip
+            try:
+                while (done := self.position()) < head:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"processing reached {done} of {head}")
+                    time.sleep(0.01)
+                writer.busy_timeout(max(0.001, deadline - time.monotonic()))
+                with writer.transaction():
+                    return writer.delete_account(account_id, head)
+            finally:
+                gate.release(reset_id, time.monotonic() + 10)
+        except StoreUnavailable as exc:
+            raise TimeoutError(f"the store is unavailable: {exc}") from None
+        finally:
+            writer.close()
+            gate.close()
 
     def reset_position(self, account_id: str) -> int:
         """The log position of the account's last reset (0 if never): what was accepted up to

@@ -26,7 +26,7 @@ from trackhouse.store.base import (
     ProfileRow,
     SegmentRow,
 )
-from trackhouse.store.sqlite.store import POSITION, connect
+from trackhouse.store.sqlite.store import POSITION, ResetGate, connect
 from trackhouse.store.sqlite.store import storage_errors as _storage_errors
 
 # An account's data (members before their lists and segments: nothing else refers to those).
@@ -43,9 +43,11 @@ class SQLiteWriter(flow_runs.FlowRunWrites):
 
     def __init__(self, path: Path) -> None:
         self.conn = connect(path)
+        self._gate = ResetGate(path)
 
     def close(self) -> None:
         self.conn.close()
+        self._gate.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -296,11 +298,22 @@ class SQLiteWriter(flow_runs.FlowRunWrites):
             ).fetchone()
         return 0 if row is None else row[0]
 
+    def reading(self, partition: int) -> contextlib.AbstractContextManager[int | None]:
+        """The lowest hold of a reset in another process (SQLiteStore.reset_account); a
+        processor in the API process is held by Processor.reset_account instead."""
+        return self._gate.reading()
+
     def ceiling(self, partition: int) -> int | None:
-        return None  # the embedded store's resets hold the processor in its own process
+        return None  # holds are read with the entries (`reading`)
 
     def before_commit(self, partition: int, position: int) -> None:
-        """Nothing to check: resets hold the embedded store's one processor in its process."""
+        """Nothing to check: holds are read with the entries (`reading`)."""
+
+    def resets_done(self) -> int:
+        """How many account resets have committed (read first in a transaction: after one,
+        what processing remembers of the store no longer holds)."""
+        found = self._rows("SELECT value FROM meta WHERE key = 'resets'", ())
+        return int(found[0][0]) if found else 0
 
     def advance(self, partition: int, old: int, new: int) -> None:
         """The position the log has been processed up to, in the batch's own transaction."""
@@ -328,5 +341,9 @@ class SQLiteWriter(flow_runs.FlowRunWrites):
                 "INSERT INTO resets VALUES (?, ?)"
                 " ON CONFLICT (account_id) DO UPDATE SET seq = excluded.seq",
                 (account_id, reset_seq),
+            )
+            self.conn.execute(
+                "INSERT INTO meta VALUES ('resets', '1') ON CONFLICT (key)"
+                " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
         return deleted
