@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,6 +109,26 @@ def test_a_running_clock_runs_from_where_it_was_set(admin: httpx.Client) -> None
     assert frozen["frozen"] is True and frozen["now"].startswith("2030-06-02")
     real = admin.post("/admin/clock", json={"frozen": False})
     assert real.json()["frozen"] is False and abs(_now(real).timestamp() - time.time()) < 5
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_advances_at_once_add_up(server: Server, admin: httpx.Client, frozen: bool) -> None:
+    """Each advance moves the clock from where it finds it: 8 of an hour each, sent at once
+    (on threads: the server's handlers overlap), move it 8 hours, frozen or running."""
+    admin.post("/admin/clock", json={"now": "2031-01-01T00:00:00Z", "frozen": frozen})
+    start = _now(admin.get("/admin/clock"))
+
+    def advance(_: int) -> int:
+        with server.client(**ADMIN) as c:
+            return c.post("/admin/clock/advance", json={"seconds": 3600}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(advance, range(8))) == [200] * 8
+    moved = _now(admin.get("/admin/clock")) - start
+    if frozen:
+        assert moved == timedelta(hours=8)
+    else:  # and the seconds the calls took
+        assert timedelta(hours=8) <= moved < timedelta(hours=8, seconds=30)
 
 
 BAD_SETTINGS: list[tuple[Any, str]] = [

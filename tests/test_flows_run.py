@@ -7,6 +7,7 @@ its recorded reason (backfill, trigger filter, draft flow, re-entry)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,8 @@ import pytest
 from conftest import ADMIN, PRIVATE_KEY, Server, bulk_body, bulk_event, event_body
 from test_flows_api import abandoned_cart
 from test_list_members import change, new_list, new_profiles
+
+from trackhouse.backends import STORE_FILE
 
 START = "2026-03-02T09:00:00+00:00"
 
@@ -177,12 +180,14 @@ class Receiver:
     def __init__(self, plan: list[int] | None = None) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.plan = list(plan or [])
+        self.delay = 0.0  # seconds before each answer
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                time.sleep(receiver.delay)
                 status = receiver.plan.pop(0) if receiver.plan else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
@@ -253,6 +258,31 @@ def test_the_webhook_is_posted_with_its_headers_and_rendered_body(
     assert delivery["attempts"][0]["at"] == "2026-03-02T13:00:00+00:00"
     (email,) = admin.get("/admin/outbox").json()["data"]  # the step after the webhook
     assert email["subject"] == "You left Kite"
+
+
+def test_an_attempt_that_ends_after_a_reset_leaves_nothing_behind(
+    world: tuple[Server, httpx.Client, httpx.Client], receiver: Receiver
+) -> None:
+    """The account is reset while its webhook is being posted: the attempt's result, recorded
+    when the answer comes, is not kept for a delivery that is gone."""
+    server, api, admin = world
+    _webhook_flow(server, api, receiver.url)
+    _send(api, "late@example.com", "Added to Cart", value=99, properties={"ItemName": "Kite"})
+    server.settle()
+    receiver.delay = 3.0
+    advance = threading.Thread(target=lambda: server.client(**ADMIN).post(
+        "/admin/clock/advance", json={"seconds": 4 * 3600}, timeout=60))  # fmt: skip
+    advance.start()
+    deadline = time.monotonic() + 20
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert receiver.requests, "the webhook was not posted"
+    assert admin.post("/admin/reset").status_code == 200
+    advance.join(60)
+    time.sleep(receiver.delay)  # the answer has come and its result is recorded
+    server.settle()
+    assert server.query(STORE_FILE, "SELECT count(*) FROM webhook_attempts") == [(0,)]
+    assert server.query(STORE_FILE, "SELECT count(*) FROM webhook_deliveries") == [(0,)]
 
 
 def test_retried_on_503_with_one_key_and_not_on_400(

@@ -11,7 +11,8 @@ clocks are set.
   and webhook attempts (retries too) due by then (each as of its own due time,
   flows/runner.py), then the segments whose
   definitions are relative to now are computed again (with the cause "time"); all waited for.
-  It answers with the clock and what ran (at most 1,000 flow steps listed).
+  It answers with the clock and what ran (at most 1,000 flow steps listed). Advances at once
+  add up: each moves the clock from where it finds it (compare-and-set in the store).
 
 The clock only goes forward through `advance`; `POST /admin/clock` may set any instant from
 1970 to 3000 (every date computed from now stays far from the calendar's ends).
@@ -33,7 +34,7 @@ from trackhouse.api import auth
 from trackhouse.api.accept import accounts
 from trackhouse.api.admin import caught_up, drain, timeout_param
 from trackhouse.api.body import decode_json, read_body, require_json_content_type
-from trackhouse.api.errors import invalid
+from trackhouse.api.errors import APIError, invalid
 from trackhouse.api.flow_admin import flow_reads
 from trackhouse.api.segments import restart_relative
 from trackhouse.clock import EARLIEST, LATEST, REAL_TIME, Clocks, ClockSetting, iso
@@ -42,6 +43,9 @@ from trackhouse.store.base import Store
 
 MAX_BODY = 4096
 MAX_RAN = 1000  # flow steps listed in an advance's answer
+# An advance moves the clock from what it read (compare-and-set); when another call moved it
+# meanwhile, it reads it again, this many times at most (then 409).
+MOVE_ATTEMPTS = 5
 
 
 class _Wire(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,13 +88,42 @@ def _answer(setting: ClockSetting, extra: dict[str, Any] | None = None) -> Respo
     return Response(msgspec.json.encode(document), 200, media_type="application/json")
 
 
-def _store_setting(request: Request, account_id: str, setting: ClockSetting) -> None:
+def _store_setting(
+    request: Request, account_id: str, setting: ClockSetting, expected: ClockSetting | None = None
+) -> bool:
+    """Set the account's clock (only if it is still `expected`, when given); whether it was."""
     store: Store = request.app.state.store
-    store.set_clock(account_id, setting)
+    if expected is None:
+        store.set_clock(account_id, setting)
+    elif not store.move_clock(account_id, expected, setting):
+        return False  # another advance or set moved it meanwhile
     _clocks(request).changed(account_id, setting)
     processor = request.app.state.processor
     if processor is not None:
         processor.wake.set()
+    return True
+
+
+def _advanced(
+    before: ClockSetting, seconds: float | None, to: float | None
+) -> tuple[float, float, ClockSetting]:
+    """(the clock's now, where the advance takes it, the setting that does) from `before`."""
+    start = before.now(time.time())
+    if seconds is not None:
+        target = start + seconds
+        if target >= LATEST.timestamp():
+            raise invalid("The clock can be advanced up to (not including) 3000.", "/seconds")
+    else:
+        assert to is not None
+        target = to
+        if target < start:
+            raise invalid(
+                f"`to` is before the clock's now ({iso(start)}): the clock only goes forward "
+                "here; POST /admin/clock sets it anywhere.", "/to",
+            )  # fmt: skip
+    if before.frozen:
+        return start, target, ClockSetting(target)
+    return start, target, ClockSetting(None, before.offset + (target - start))
 
 
 async def get_clock(request: Request) -> Response:
@@ -133,27 +166,15 @@ async def advance_clock(request: Request) -> Response:
     wanted_to = None if body.to is None else _instant(body.to, "/to")
     await caught_up(request, seconds, account_id)
     clocks = _clocks(request)
-    clocks.refresh()
-    before = clocks.setting(account_id)
-    wall = time.time()
-    start = before.now(wall)
-    if body.seconds is not None:
-        target = start + body.seconds
-        if target >= LATEST.timestamp():
-            raise invalid("The clock can be advanced up to (not including) 3000.", "/seconds")
+    for _ in range(MOVE_ATTEMPTS):
+        clocks.refresh()
+        before = clocks.setting(account_id)
+        start, target, setting = _advanced(before, body.seconds, wanted_to)
+        if await asyncio.to_thread(_store_setting, request, account_id, setting, before):
+            break
     else:
-        assert wanted_to is not None
-        target = wanted_to
-        if target < start:
-            raise invalid(
-                f"`to` is before the clock's now ({iso(start)}): the clock only goes forward "
-                "here; POST /admin/clock sets it anywhere.", "/to",
-            )  # fmt: skip
-    if before.frozen:
-        setting = ClockSetting(target)
-    else:
-        setting = ClockSetting(None, before.offset + (target - start))
-    await asyncio.to_thread(_store_setting, request, account_id, setting)
+        raise APIError(409, "conflict", "The clock kept being moved by other calls meanwhile; "
+                       "read it and retry.")  # fmt: skip
     await _steps_done(request, account_id, target, deadline)
     store: Store = request.app.state.store
     restarted = await asyncio.to_thread(restart_relative, store, account_id)

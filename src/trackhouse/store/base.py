@@ -565,6 +565,10 @@ class Store(Protocol):
 
     def set_clock(self, account_id: str, setting: ClockSetting) -> None: ...
 
+    def move_clock(self, account_id: str, expected: ClockSetting, setting: ClockSetting) -> bool:
+        """Set the clock only if it is still `expected` (compare-and-set: of two advances at
+        once, one moves it and the other reads it again); whether it moved."""
+
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Delete what the account had accepted when called, once every worker has processed
         it, holding processing of later entries meanwhile (test control); rows per table.

@@ -117,8 +117,10 @@ POSTGRES_SCHEMA = (
 )  # fmt: skip
 
 # An account's rows of these tables, deleted by a reset (before the flows they refer to).
-TABLES = ("flow_decisions", "flow_steps", "flow_runs", "outbox", "webhook_attempts",
-          "webhook_deliveries")  # fmt: skip
+# (Deliveries before their attempts: on PostgreSQL an attempt being recorded holds its
+# delivery's row first (record_attempt), so a reset's later look at the attempts sees it.)
+TABLES = ("flow_decisions", "flow_steps", "flow_runs", "outbox", "webhook_deliveries",
+          "webhook_attempts")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,17 +374,23 @@ class FlowRunWrites:
         `next_at`."""
         d = self._flow_sql
         p = d.param
-        self._run(
-            f"INSERT INTO webhook_attempts VALUES ({_marks(d, 7)})"
-            " ON CONFLICT (delivery_id, n) DO NOTHING",
-            (attempt.delivery_id, delivery.account_id, attempt.n, attempt.at,
-             attempt.status_code, attempt.duration_ms, attempt.error),
-        )  # fmt: skip
         # Only while this worker's lease holds: another worker that took the delivery over
-        # after it ran out records its own attempt.
+        # after it ran out records its own attempt. First, so that on PostgreSQL the row is
+        # held (or found gone, once a reset deleting it has committed) before the attempt is.
         self._run(f"UPDATE webhook_deliveries SET status = {p}, next_at = {p}, detail = {p},"
                   f" leased_until = NULL WHERE id = {p} AND leased_until = {p}",
                   (status, next_at, detail, delivery.id, delivery.leased_until))  # fmt: skip
+        # Only for a delivery that is still there: the account may have been reset while the
+        # request was out. (Typed: PostgreSQL cannot infer a bare parameter's type here.)
+        self._run(
+            f"INSERT INTO webhook_attempts SELECT CAST({p} AS TEXT), CAST({p} AS TEXT),"
+            f" CAST({p} AS INTEGER), CAST({p} AS DOUBLE PRECISION), CAST({p} AS INTEGER),"
+            f" CAST({p} AS DOUBLE PRECISION), CAST({p} AS TEXT)"
+            f" WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = {p})"
+            " ON CONFLICT (delivery_id, n) DO NOTHING",
+            (attempt.delivery_id, delivery.account_id, attempt.n, attempt.at,
+             attempt.status_code, attempt.duration_ms, attempt.error, delivery.id),
+        )  # fmt: skip
 
     def event_of_run(self, account_id: str, number: int) -> tuple[float | None, bytes] | None:
         """The triggering event's value and properties (JSON)."""

@@ -427,6 +427,28 @@ def clear_clock(d: Dialect) -> str:
     return f"DELETE FROM clocks WHERE account_id = {d.param}"
 
 
+def move_clock(
+    d: Dialect, account_id: str, expected: ClockSetting, setting: ClockSetting
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The account's clock from `expected` to `setting` only if it is still `expected` (one
+    row changed); None when nothing is to be written (real time stays real time)."""
+    p = d.param
+    if expected.real:
+        if setting.real:
+            return None
+        return (f"INSERT INTO clocks (account_id, frozen_at, clock_offset) VALUES ({p}, {p}, {p})"
+                " ON CONFLICT (account_id) DO NOTHING",
+                (account_id, setting.frozen_at, setting.offset))  # fmt: skip
+    frozen = "frozen_at IS NULL" if expected.frozen_at is None else f"frozen_at = {p}"
+    was = (account_id, *([] if expected.frozen_at is None else [expected.frozen_at]),
+           expected.offset)  # fmt: skip
+    where = f" WHERE account_id = {p} AND {frozen} AND clock_offset = {p}"
+    if setting.real:
+        return "DELETE FROM clocks" + where, was
+    return (f"UPDATE clocks SET frozen_at = {p}, clock_offset = {p}" + where,
+            (setting.frozen_at, setting.offset, *was))  # fmt: skip
+
+
 # -- flows ------------------------------------------------------------------------------------
 
 FLOW_COLUMNS = (

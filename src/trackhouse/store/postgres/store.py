@@ -325,6 +325,10 @@ class PostgresStore(flow_runs.FlowRunReads):
         else:
             self.db.run(sql_reads.set_clock(_SQL), (account_id, setting.frozen_at, setting.offset))
 
+    def move_clock(self, account_id: str, expected: ClockSetting, setting: ClockSetting) -> bool:
+        statement = sql_reads.move_clock(_SQL, account_id, expected, setting)
+        return statement is None or self.db.run(*statement) == 1
+
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """Hold every partition at the head it has now (under the reset gate, which batches
         look through as they commit: none can go past a hold once it is recorded), wait for

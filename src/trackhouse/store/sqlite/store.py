@@ -771,6 +771,10 @@ class SQLiteStore(flow_runs.FlowRunReads):
         else:
             self._run(sql_reads.set_clock(_SQL), (account_id, setting.frozen_at, setting.offset))
 
+    def move_clock(self, account_id: str, expected: ClockSetting, setting: ClockSetting) -> bool:
+        statement = sql_reads.move_clock(_SQL, account_id, expected, setting)
+        return statement is None or self._run(*statement) == 1
+
     def reset_account(self, account_id: str, deadline: float) -> dict[str, int]:
         """For a processor in another process (`serve`'s second process, `trackhouse
         process`): hold processing at the log's head as it is now (`ResetGate`), wait for
