@@ -160,10 +160,11 @@ def process(
         os.environ["TRACKHOUSE_ALLOW_HTTP_WEBHOOKS"] = "1"
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if signals_fd is None:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     else:  # serve stops it, by closing the pipe, once its own requests are done
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     with _refusals():
         process_only(_where(data_dir, store_url), stop, signals_fd, claim_fd)

@@ -169,10 +169,11 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
         _serve(settings, announce, log, store, accounts, processor, share)
 
 
-def _claim_waiting(store: Store, seconds: float = 10.0) -> ProcessingClaim:
+def _claim_waiting(store: Store, seconds: float = 30.0) -> ProcessingClaim:
     """The embedded store's processing claim, for the second process; refused at start
     (ProcessorRunning) while another processor holds it — after a grace for the second
-    process of a server that was just stopped or killed to finish its batch."""
+    process of a server that was just stopped or killed to finish its batch and the webhook
+    requests it has out (up to 20 s)."""
     deadline = time.monotonic() + seconds
     while True:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import sqlite3
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from trackhouse.store.sqlite.writer import SQLiteWriter
 from trackhouse.log import EventLog, LogMismatch
 from trackhouse.store import ProcessorRunning, ResetElsewhere, StoreUnavailable
+
+logger = logging.getLogger("trackhouse.store")
 
 # Counts deletions of lists and segments (StoreWriter.groups_deleted).
 DELETED_GROUP = (
@@ -275,8 +278,10 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class ProcessingClaim:
-    """An exclusive `flock` on a file beside the store. The kernel drops it when its process
-    dies, however it dies, so a crashed processor never leaves a stale claim behind."""
+    """An exclusive `flock` on a file beside the store. The kernel drops it when the last
+    process that has the file open dies, however it dies, so a crashed processor never leaves
+    a stale claim behind. (`serve` shares it with its second process, which may outlive a
+    killed `serve` by its last batch.)"""
 
     def __init__(self, path: Path, inherited: int | None = None) -> None:
         self.path = path
@@ -787,7 +792,11 @@ class SQLiteStore(flow_runs.FlowRunReads):
         reset_id = uuid.uuid4().hex
         lasts = max(1.0, deadline - time.monotonic()) + 5  # if this process dies
         gate = ResetGate(self.path)
-        writer = self.writer()
+        try:
+            writer = self.writer()
+        except BaseException:
+            gate.close()
+            raise
         try:
             head = gate.hold(reset_id, lambda: log.heads()[0], time.time() + lasts,
                              deadline)  # fmt: skip
@@ -800,7 +809,10 @@ class SQLiteStore(flow_runs.FlowRunReads):
                 with writer.transaction():
                     return writer.delete_account(account_id, head)
             finally:
-                gate.release(reset_id, time.monotonic() + 10)
+                try:
+                    gate.release(reset_id, time.monotonic() + 10)
+                except TimeoutError:  # the hold expires by itself (`lasts`)
+                    logger.warning("reset %s could not let go of its hold", reset_id)
         except StoreUnavailable as exc:
             raise TimeoutError(f"the store is unavailable: {exc}") from None
         finally:
