@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +45,9 @@ from trackhouse.store.base import Store
 MAX_BODY = 4096
 MAX_RAN = 1000  # flow steps listed in an advance's answer
 # An advance moves the clock from what it read (compare-and-set); when another call moved it
-# meanwhile, it reads it again, this many times at most (then 409).
-MOVE_ATTEMPTS = 5
+# meanwhile, it reads it again after a short random pause, this many times at most (then 409:
+# of N advances at once, one can lose N - 1 times).
+MOVE_ATTEMPTS = 50
 
 
 class _Wire(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,6 +174,7 @@ async def advance_clock(request: Request) -> Response:
         start, target, setting = _advanced(before, body.seconds, wanted_to)
         if await asyncio.to_thread(_store_setting, request, account_id, setting, before):
             break
+        await asyncio.sleep(random.uniform(0, 0.01))
     else:
         raise APIError(409, "conflict", "The clock kept being moved by other calls meanwhile; "
                        "read it and retry.")  # fmt: skip
