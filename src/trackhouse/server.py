@@ -158,8 +158,8 @@ def serve(settings: Settings, announce: Callable[[FirstStart, Settings], None]) 
                 claim = _claim_waiting(store)
                 resources.callback(claim.release)
             processor = ProcessorProcess(where, None if claim is None else claim.fileno())
-            # Started now, so that its start (imports: ~1 s here) overlaps this one's; stopped
-            # before the log and the store close.
+            # Started as early as it can be (its imports take ~1 s here, which this process
+            # has done already, so little of it overlaps); stopped before the log and store.
             processor.start()
             resources.callback(processor.stop)
         elif settings.process:
